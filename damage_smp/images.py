@@ -1,0 +1,173 @@
+"""Reading and writing image files: any common format in, correct 8-bit RGB out; atomic writes.
+
+Images: grayscale, RGBA, 16-bit and EXIF-rotated files all become (H, W, 3) uint8 RGB as a viewer shows them.
+Masks are read raw (no EXIF, no colour conversion): (H, W) values or (H, W, 3) RGB colours.
+A pixel limit guards against decompression bombs; ``--max-pixels`` raises it for genuinely huge scans.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: above ARTeFACT's largest scans, far below a bomb's billions
+
+Image.MAX_IMAGE_PIXELS = None  # PIL only reads headers here; check_pixels applies our own, configurable limit
+cv2.setNumThreads(1)  # decoding runs in loader workers and prefetch threads; one thread each avoids oversubscription
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image; the message names the file and the fix."""
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header only, after EXIF rotation; raises ImageReadError."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+    except Exception:
+        return _cv2_size(path)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _cv2_size(path: Path) -> tuple[int, int]:
+    arr = _imread(path, cv2.IMREAD_UNCHANGED)
+    return arr.shape[1], arr.shape[0]
+
+
+def check_pixels(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Refuse an image above ``max_pixels`` before decoding it; returns (width, height)."""
+    w, h = image_size(path)
+    if w * h > max_pixels:
+        raise ImageReadError(
+            f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP is above the {max_pixels / 1e6:.0f} MP limit "
+            "(a guard against decompression bombs); if this is a real scan, raise it with --max-pixels"
+        )
+    return w, h
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Any image file -> (H, W, 3) uint8 RGB, EXIF orientation applied, 16-bit scaled, alpha dropped."""
+    path = Path(path)
+    check_pixels(path, max_pixels)
+    # IMREAD_COLOR applies EXIF orientation and turns gray/RGBA into 3 channels; ANYDEPTH keeps 16 bit
+    arr = _imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    arr = to_uint8(arr, path)
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A mask file -> (H, W) integer values or (H, W, 3) uint8 RGB colours, exactly as stored."""
+    path = Path(path)
+    check_pixels(path, max_pixels)
+    arr = _imread(path, cv2.IMREAD_UNCHANGED)
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            arr = arr[..., :3]
+        if arr.shape[2] == 1:
+            return arr[..., 0]
+        if arr.dtype != np.uint8:
+            raise ImageReadError(f"{path}: a 16-bit colour mask; save colour masks as 8-bit RGB PNG")
+        return np.ascontiguousarray(arr[..., ::-1])  # BGR -> RGB
+    return arr
+
+
+def to_uint8(arr: np.ndarray, path: Path | str = "image") -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.uint16:
+        return (arr >> 8).astype(np.uint8)
+    if arr.dtype in (np.float32, np.float64):
+        top = 1.0 if float(np.nanmax(arr)) <= 1.0 else 255.0
+        return np.clip(np.nan_to_num(arr) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}; convert it to 8- or 16-bit")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ImageReadError(f"{path}: file not found; check the path")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: file is empty (0 bytes); re-export or remove it")
+
+
+def _imread(path: Path, flags: int) -> np.ndarray:
+    _check_file(path)
+    # np.fromfile + imdecode handles non-ASCII paths, which cv2.imread does not on every platform
+    data = np.fromfile(str(path), dtype=np.uint8)
+    arr = cv2.imdecode(data, flags)
+    if arr is None or arr.size == 0:
+        arr = _pil_fallback(path, flags)
+    if arr is None:
+        raise ImageReadError(f"{path}: not a readable image (corrupt, truncated or not an image); re-export it")
+    return arr
+
+
+def _pil_fallback(path: Path, flags: int) -> np.ndarray | None:
+    """Formats OpenCV cannot decode (some TIFF/WebP variants); also catches truncated files."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if flags & cv2.IMREAD_COLOR:
+                from PIL import ImageOps
+
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                return np.asarray(im)[..., ::-1].copy()
+            arr = np.asarray(im)
+            return arr[..., [2, 1, 0, *range(3, arr.shape[2])]].copy() if arr.ndim == 3 else arr
+    except Exception:
+        return None
+
+
+# ------------------------------------------------------------------------------------------- writing
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def encode_image(arr: np.ndarray, suffix: str, quality: int = 92) -> bytes:
+    """(H, W) or (H, W, 3) RGB array -> encoded bytes for suffix ('.png', '.jpg', ...)."""
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, arr, params)
+    if not ok:
+        raise OSError(f"could not encode an image as {suffix}")
+    return buf.tobytes()
+
+
+def write_image(path: str | Path, arr: np.ndarray, quality: int = 92) -> None:
+    """Atomically write an RGB or single-channel array; the format follows the suffix."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_image(arr, path.suffix, quality))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under folder, recursively, sorted; hidden files skipped."""
+    folder = Path(folder)
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )

@@ -1,0 +1,390 @@
+"""Label schemes: class names, display colours and the mask values that mean each class.
+
+A mask on disk is either an RGB colour PNG (each class has one exact colour) or a single-channel index PNG
+(each class has one or more values, e.g. ARTeFACT's Background is 255). Inside the package every mask is a
+class-index map: ``uint8`` (H, W) with values ``0..C-1`` and ``IGNORE_INDEX`` (255) for pixels that count in
+neither the loss nor the metrics (padding, an ignored value). All conversions go through lookup tables.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+IGNORE_INDEX = 255  # class-index value for "no label"; a scheme therefore has at most 255 classes
+
+
+@dataclass(frozen=True)
+class ClassDef:
+    """One class: its name, its display colour and the index-mask values that mean it."""
+
+    name: str
+    color: tuple[int, int, int]
+    values: tuple[int, ...]
+    damage: bool = True  # counted in the damage-only mIoU and in damage-vs-clean
+    aliases: tuple[tuple[int, int, int], ...] = ()  # further colours read as this class in colour masks
+
+
+@dataclass(frozen=True)
+class LabelScheme:
+    """An ordered list of classes plus the mask values to ignore.
+
+    ``clean`` and ``background`` name the classes that are not damage: damage-vs-clean metrics merge every
+    damage class, compare it with ``clean`` and leave ``background`` out; areas are reported as a share of the
+    object (every pixel but background).
+    """
+
+    name: str
+    classes: tuple[ClassDef, ...]
+    ignore_values: tuple[int, ...] = ()
+    ignore_colors: tuple[tuple[int, int, int], ...] = ()
+    clean: str | None = None
+    background: str | None = None
+    _lut: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ValueError(f"label scheme {self.name!r} has no classes")
+        if len(self.classes) >= IGNORE_INDEX:
+            raise ValueError(f"label scheme {self.name!r} has {len(self.classes)} classes; at most 254 fit")
+        names = [c.name for c in self.classes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"label scheme {self.name!r}: duplicate class names {dupes}; make names unique")
+        colors = [k for c in self.classes for k in (c.color, *c.aliases)] + list(self.ignore_colors)
+        dupes = sorted({_hex(c) for c in colors if colors.count(c) > 1})
+        if dupes:
+            raise ValueError(
+                f"label scheme {self.name!r}: colour(s) {', '.join(dupes)} used by more than one class; "
+                "give every class its own colour"
+            )
+        values = [v for c in self.classes for v in c.values] + list(self.ignore_values)
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            raise ValueError(
+                f"label scheme {self.name!r}: mask value(s) {dupes} mean more than one class; "
+                "give every value one meaning"
+            )
+        for v in values:
+            if not 0 <= v <= 65535:
+                raise ValueError(f"label scheme {self.name!r}: mask value {v} outside 0..65535")
+        for c in self.classes:
+            if not c.values:
+                raise ValueError(f"label scheme {self.name!r}: class {c.name!r} has no mask values")
+            if len(c.color) != 3 or not all(0 <= x <= 255 for x in c.color):
+                raise ValueError(f"label scheme {self.name!r}: class {c.name!r} colour {c.color} is not RGB")
+        for special in (self.clean, self.background):
+            if special is not None and special not in names:
+                raise ValueError(f"label scheme {self.name!r}: {special!r} is not one of its classes {names}")
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def colors(self) -> np.ndarray:
+        """(C, 3) uint8 display colours."""
+        return np.array([c.color for c in self.classes], dtype=np.uint8)
+
+    @property
+    def damage_indices(self) -> list[int]:
+        return [i for i, c in enumerate(self.classes) if c.damage]
+
+    @property
+    def clean_index(self) -> int | None:
+        return self.names.index(self.clean) if self.clean is not None else None
+
+    @property
+    def background_index(self) -> int | None:
+        return self.names.index(self.background) if self.background is not None else None
+
+    # ----------------------------------------------------------------- lookup tables
+    def _value_lut(self) -> np.ndarray:
+        """65536-entry table: mask value -> class index, IGNORE_INDEX for ignored, 254+1 sentinel for unknown."""
+        if "value" not in self._lut:
+            lut = np.full(65536, _UNKNOWN, dtype=np.int16)
+            for i, c in enumerate(self.classes):
+                lut[list(c.values)] = i
+            if self.ignore_values:
+                lut[list(self.ignore_values)] = IGNORE_INDEX
+            self._lut["value"] = lut
+        return self._lut["value"]
+
+    def _color_lut(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted packed colours (R<<16|G<<8|B) and their class indices."""
+        if "color" not in self._lut:
+            keys, idx = [], []
+            for i, c in enumerate(self.classes):
+                for color in (c.color, *c.aliases):
+                    keys.append(_pack(color))
+                    idx.append(i)
+            keys += [_pack(c) for c in self.ignore_colors]
+            idx += [IGNORE_INDEX] * len(self.ignore_colors)
+            order = np.argsort(keys)
+            self._lut["color"] = (np.asarray(keys, np.int64)[order], np.asarray(idx, np.int16)[order])
+        return self._lut["color"]
+
+    # ----------------------------------------------------------------- conversions
+    def index_from_values(self, mask: np.ndarray) -> np.ndarray:
+        """(H, W) integer mask values -> (H, W) uint8 class indices. Raises UnknownMaskValues."""
+        if mask.dtype not in (np.uint8, np.uint16):
+            if mask.min(initial=0) < 0 or mask.max(initial=0) > 65535:
+                raise UnknownMaskValues(np.unique(mask[(mask < 0) | (mask > 65535)]).tolist(), mask)
+            mask = mask.astype(np.uint16)
+        out = self._value_lut()[mask]
+        bad = out == _UNKNOWN
+        if bad.any():
+            raise UnknownMaskValues(np.unique(mask[bad]).tolist(), bad)
+        return out.astype(np.uint8)
+
+    def index_from_colors(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB colours -> (H, W) uint8 class indices. Raises UnknownMaskValues."""
+        keys, idx = self._color_lut()
+        packed = _pack_array(rgb)
+        pos = np.searchsorted(keys, packed).clip(0, len(keys) - 1)
+        found = keys[pos] == packed
+        if not found.all():
+            unknown = [_hex(_unpack(k)) for k in np.unique(packed[~found])]
+            raise UnknownMaskValues(unknown, ~found)
+        return idx[pos].astype(np.uint8)
+
+    def decode(self, mask: np.ndarray) -> np.ndarray:
+        """A mask as read from disk (2-D values or (H, W, 3) RGB) -> (H, W) uint8 class indices.
+
+        A 3-channel mask whose three channels are equal everywhere and whose values all belong to the scheme
+        is an index mask saved as RGB (common with some annotation tools); otherwise it is read by colour.
+        """
+        if mask.ndim == 2:
+            return self.index_from_values(mask)
+        if mask.ndim == 3 and mask.shape[2] >= 3:
+            rgb = mask[..., :3]
+            if rgb.dtype != np.uint8:
+                raise ValueError("colour masks must be 8-bit RGB")
+            if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+                try:
+                    return self.index_from_values(rgb[..., 0])
+                except UnknownMaskValues:
+                    pass
+            return self.index_from_colors(rgb)
+        raise ValueError(f"a mask must be (H, W) or (H, W, 3), got shape {mask.shape}")
+
+    def colorize(self, index: np.ndarray, ignore_color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+        """(H, W) class indices -> (H, W, 3) uint8 RGB display colours."""
+        table = np.zeros((256, 3), np.uint8)
+        table[: self.num_classes] = self.colors
+        table[IGNORE_INDEX] = ignore_color
+        return table[index]
+
+    def to_values(self, index: np.ndarray) -> np.ndarray:
+        """(H, W) class indices -> (H, W) mask values (each class's first value); uint8 if they fit."""
+        top = max(v for c in self.classes for v in c.values)
+        dtype = np.uint8 if top <= 255 else np.uint16
+        table = np.zeros(256, dtype)
+        table[: self.num_classes] = [c.values[0] for c in self.classes]
+        if self.ignore_values:
+            table[IGNORE_INDEX] = self.ignore_values[0]
+        return table[index]
+
+    # ----------------------------------------------------------------- variants and I/O
+    def ignoring(self, class_name: str) -> LabelScheme:
+        """The same scheme with one class turned into 'ignore' (e.g. ARTeFACT's Background)."""
+        if class_name not in self.names:
+            raise ValueError(f"{class_name!r} is not a class of {self.name!r}: {self.names}")
+        gone = self.classes[self.names.index(class_name)]
+        return replace(
+            self,
+            name=f"{self.name}-ignore-{class_name.lower().replace(' ', '_')}",
+            classes=tuple(c for c in self.classes if c.name != class_name),
+            ignore_values=self.ignore_values + gone.values,
+            ignore_colors=self.ignore_colors + (gone.color,),
+            clean=None if self.clean == class_name else self.clean,
+            background=None if self.background == class_name else self.background,
+            _lut={},
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "classes": [
+                {"name": c.name, "color": _hex(c.color), "values": list(c.values), "damage": c.damage}
+                | ({"aliases": [_hex(a) for a in c.aliases]} if c.aliases else {})
+                for c in self.classes
+            ],
+            "ignore_values": list(self.ignore_values),
+            "ignore_colors": [_hex(c) for c in self.ignore_colors],
+            "clean": self.clean,
+            "background": self.background,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "label scheme") -> LabelScheme:
+        known = {"name", "classes", "ignore_values", "ignore_colors", "ignore_value", "clean", "background"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+        if "classes" not in d or not isinstance(d["classes"], list):
+            raise ValueError(f"{source}: needs a 'classes' list of {{name, color, values}}")
+        classes = []
+        for i, c in enumerate(d["classes"]):
+            if not isinstance(c, dict) or "name" not in c or "color" not in c:
+                raise ValueError(f"{source}: class #{i} needs at least 'name' and 'color'")
+            values = c.get("values", c.get("value", i))
+            values = tuple(values) if isinstance(values, list) else (int(values),)
+            classes.append(
+                ClassDef(
+                    str(c["name"]),
+                    parse_color(c["color"], source),
+                    tuple(int(v) for v in values),
+                    bool(c.get("damage", True)),
+                    tuple(parse_color(a, source) for a in c.get("aliases", [])),
+                )
+            )
+        ignore = d.get("ignore_values", [] if d.get("ignore_value") is None else [d["ignore_value"]])
+        clean, background = d.get("clean"), d.get("background")
+        classes = [replace(c, damage=False) if c.name in (clean, background) else c for c in classes]
+        return cls(
+            name=str(d.get("name", source)),
+            classes=tuple(classes),
+            ignore_values=tuple(int(v) for v in ignore),
+            ignore_colors=tuple(parse_color(c, source) for c in d.get("ignore_colors", [])),
+            clean=clean,
+            background=background,
+        )
+
+
+class UnknownMaskValues(ValueError):
+    """A mask holds values or colours that the label scheme does not define."""
+
+    def __init__(self, values: list, where: np.ndarray):
+        self.values = values
+        self.pixels = int(np.count_nonzero(where)) if where.dtype == bool else int(where.size)
+        shown = ", ".join(str(v) for v in values[:8]) + (" …" if len(values) > 8 else "")
+        super().__init__(f"{len(values)} value(s)/colour(s) not in the label scheme ({shown}) on {self.pixels} px")
+
+
+_UNKNOWN = 256
+
+
+def _pack(color) -> int:
+    r, g, b = (int(x) for x in color)
+    return (r << 16) | (g << 8) | b
+
+
+def _unpack(key: int) -> tuple[int, int, int]:
+    key = int(key)
+    return (key >> 16) & 255, (key >> 8) & 255, key & 255
+
+
+def _pack_array(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _hex(color) -> str:
+    return "#{:02X}{:02X}{:02X}".format(*(int(x) for x in color))
+
+
+def parse_color(value, source: str = "label scheme") -> tuple[int, int, int]:
+    """'#1CE6FF', '1CE6FF' or [28, 230, 255] -> (28, 230, 255)."""
+    if isinstance(value, str):
+        s = value.strip().lstrip("#")
+        if len(s) == 6:
+            try:
+                return int(s[0:2], 16), int(s[2:4], 16), int(s[4:6], 16)
+            except ValueError:
+                pass
+    elif isinstance(value, list | tuple) and len(value) == 3 and all(isinstance(x, int) for x in value):
+        if all(0 <= x <= 255 for x in value):
+            return int(value[0]), int(value[1]), int(value[2])
+    raise ValueError(f"{source}: colour {value!r} is not '#RRGGBB' or [r, g, b]")
+
+
+# --------------------------------------------------------------------------------------------- built-ins
+ARTEFACT_CLASSES = [
+    ("Clean", "#000000"),
+    ("Material loss", "#1CE6FF"),
+    ("Peel", "#FF34FF"),
+    ("Dust", "#FF4A46"),
+    ("Scratch", "#008941"),
+    ("Hair", "#006FA6"),
+    ("Dirt", "#A30059"),
+    ("Fold", "#FFA500"),
+    ("Writing", "#7A4900"),
+    ("Cracks", "#0000A6"),
+    ("Staining", "#63FFAC"),
+    ("Stamp", "#004D43"),
+    ("Sticker", "#8FB0FF"),
+    ("Puncture", "#997D87"),
+    ("Burn marks", "#809693"),
+    ("Lightleak", "#F6FF1B"),
+]
+BACKGROUND_COLOR = "#5A0007"
+
+
+def _artefact() -> LabelScheme:
+    classes = [ClassDef(n, parse_color(c), (i,), damage=i != 0) for i, (n, c) in enumerate(ARTEFACT_CLASSES)]
+    classes.append(ClassDef("Background", parse_color(BACKGROUND_COLOR), (255,), damage=False))
+    return LabelScheme("artefact", tuple(classes), clean="Clean", background="Background")
+
+
+def _artefact_binary() -> LabelScheme:
+    damage_colors = tuple(parse_color(c) for _, c in ARTEFACT_CLASSES[1:])
+    classes = (
+        ClassDef("Clean", (0, 0, 0), (0,), damage=False),
+        # every ARTeFACT damage value and colour reads as the one Damage class
+        ClassDef("Damage", (255, 0, 0), tuple(range(1, 16)), damage=True, aliases=damage_colors),
+        ClassDef("Background", parse_color(BACKGROUND_COLOR), (255,), damage=False),
+    )
+    return LabelScheme("artefact-binary", classes, clean="Clean", background="Background")
+
+
+def _binary() -> LabelScheme:
+    return LabelScheme(
+        "binary",
+        (
+            ClassDef("Background", (0, 0, 0), (0,), damage=False),
+            ClassDef("Damage", (255, 255, 255), (255, 1), damage=True),
+        ),
+        clean="Background",
+    )
+
+
+BUILTIN_SCHEMES = {"artefact": _artefact, "artefact-binary": _artefact_binary, "binary": _binary}
+
+
+def load_scheme(name_or_path: str | Path) -> LabelScheme:
+    """A built-in scheme by name, or a JSON file with the same fields as ``LabelScheme.to_dict``."""
+    key = str(name_or_path)
+    if key in BUILTIN_SCHEMES:
+        return BUILTIN_SCHEMES[key]()
+    path = Path(key)
+    if path.suffix.lower() != ".json" and not path.exists():
+        raise ValueError(f"--labels {key!r}: not a built-in scheme ({', '.join(BUILTIN_SCHEMES)}) nor a JSON file")
+    if not path.is_file():
+        raise FileNotFoundError(f"--labels {key}: file not found; give a built-in name or an existing JSON file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must hold a JSON object with a 'classes' list")
+    data.setdefault("name", path.stem)
+    return LabelScheme.from_dict(data, source=str(path))
+
+
+def resolve_scheme(name_or_path: str | Path, ignore_background: bool = False) -> LabelScheme:
+    """load_scheme, optionally with the Background class turned into 'ignore'."""
+    scheme = load_scheme(name_or_path)
+    if ignore_background:
+        if scheme.background is None:
+            raise ValueError(f"--ignore-background: scheme {scheme.name!r} has no background class")
+        scheme = scheme.ignoring(scheme.background)
+    return scheme

@@ -1,0 +1,216 @@
+"""Run directories: layout, atomic writes, checkpoint save/load.
+
+experiments/<name>/
+  config.json  env.json  history.csv  checkpoints/{best,last}.pt  metrics.json  confusion_matrix.{csv,png}
+  per_image.csv  curves.png  samples/
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import CONFIG_VERSION, TrainConfig
+from .images import atomic_write_bytes
+from .labels import LabelScheme
+
+HISTORY_FIELDS = [
+    "epoch", "train_loss", "val_loss", "val_miou", "val_damage_miou", "lr", "seconds", "img_per_s",
+    "data_seconds", "peak_mem_mb", "gpu_util", "energy_wh", "energy_source", "frozen",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def env(self) -> Path:
+        return self.root / "env.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, which: str = "best") -> Path:
+        return self.checkpoints / f"{which}.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def write_json(path: str | Path, data) -> None:
+    atomic_write_bytes(path, (json.dumps(_jsonable(data), indent=2, allow_nan=True) + "\n").encode("utf-8"))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    buf = io.StringIO()
+    names = fieldnames or (list(rows[0].keys()) if rows else [])
+    writer = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    write_text(path, buf.getvalue())
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the run directory is damaged") from None
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return v
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or from an incompatible version."""
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """torch.save to a temp file, fsync, rename. On failure (e.g. a full disk) the old file is untouched."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise OSError(
+            f"could not write {path} ({e.strerror or e}); the previous checkpoint there is intact. "
+            "Free disk space and continue with --resume"
+        ) from e
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with weights_only=True (no arbitrary code from a file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: checkpoint not found; train the run first, or pick another with --checkpoint best|last"
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}); it is corrupt or truncated — "
+            "use --checkpoint last/best or retrain"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a damage-smp checkpoint (no 'model' entry)")
+    return state
+
+
+# ------------------------------------------------------------------------------------------ reading runs
+def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, LabelScheme, dict]:
+    """config.json -> (TrainConfig, LabelScheme, extras such as normalisation)."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.root.is_dir():
+        raise FileNotFoundError(f"{paths.root}: run directory not found")
+    if not paths.config.is_file():
+        raise FileNotFoundError(f"{paths.root}: not a run directory (no config.json); give a folder made by train")
+    data = read_json(paths.config)
+    version = data.get("config_version")
+    if version != CONFIG_VERSION:
+        raise ValueError(
+            f"{paths.config}: config_version {version} but this damage-smp reads version {CONFIG_VERSION}; "
+            "use the damage-smp version that made the run"
+        )
+    cfg = TrainConfig.from_dict(data["train"], source=str(paths.config))
+    scheme = LabelScheme.from_dict(data["label_scheme"], source=str(paths.config))
+    return cfg, scheme, data.get("model", {})
+
+
+def write_run_config(run_dir: str | Path, cfg: TrainConfig, scheme: LabelScheme, model_info: dict) -> None:
+    write_json(
+        RunPaths(Path(run_dir)).config,
+        {
+            "config_version": CONFIG_VERSION,
+            "train": cfg.to_dict(),
+            "label_scheme": scheme.to_dict(),
+            "model": model_info,
+        },
+    )
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / "config.json").is_file()
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Run directories at root or one/two levels below it (e.g. experiments/study/run), sorted."""
+    root = Path(root)
+    if is_run_dir(root):
+        return [root]
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        depth = len(Path(dirpath).relative_to(root).parts)
+        if is_run_dir(dirpath) and depth > 0:
+            found.append(Path(dirpath))
+            dirnames[:] = []
+        elif depth >= 3:
+            dirnames[:] = []
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("checkpoints", "samples")]
+    return sorted(found)

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny real files on disk (64x64 images, colour masks, a manifest)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a weights download in tests
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np
+import pytest
+
+from damage_smp.images import write_image
+from damage_smp.labels import load_scheme
+
+
+def make_pair(rng: np.random.Generator, size=(64, 64), classes=(0, 3, 4, 16)):
+    """A textured RGB image and an artefact colour mask with a few rectangles of the given classes."""
+    h, w = size
+    image = rng.integers(60, 200, size=(h, w, 3), dtype=np.uint8)
+    index = np.zeros((h, w), np.uint8)
+    for k, c in enumerate(classes[1:]):
+        y, x = rng.integers(0, max(1, h - 16)), rng.integers(0, max(1, w - 16))
+        index[y : y + 12 + k, x : x + 10 + k] = c
+        image[index == c] = (np.array(load_scheme("artefact").colors[c], np.int32) // 2 + 60).astype(np.uint8)
+    return image, index
+
+
+@pytest.fixture
+def tiny_manifest(tmp_path):
+    """8 train / 2 val / 2 test 64x64 images with artefact colour masks and a 'material' group column."""
+    scheme = load_scheme("artefact")
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tiny"
+    lines = ["image,mask,split,material"]
+    splits = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
+    for i, split in enumerate(splits):
+        image, index = make_pair(rng)
+        write_image(root / "images" / f"img{i:02d}.png", image)
+        write_image(root / "masks" / f"img{i:02d}.png", scheme.colorize(index))
+        lines.append(f"images/img{i:02d}.png,masks/img{i:02d}.png,{split},{'paper' if i % 2 else 'film'}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"
