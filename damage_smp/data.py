@@ -1,0 +1,287 @@
+"""Datasets and loaders: manifest rows -> (image, class-index mask) tensors, crops and augmentations.
+
+Each file is decoded once per process and kept in a bounded LRU cache; training crops are numpy slices of
+the cached arrays, taken *before* the albumentations pipeline so workers only transform crop-sized arrays.
+The dataset never normalises: images leave it as uint8 (3, H, W) and the model normalises them.
+
+Randomness is a function of (seed, epoch, sample index), never of worker count or order, so a run is
+reproducible and a resumed run continues the same stream. The epoch lives in a shared-memory tensor, because
+persistent loader workers hold their own copy of the dataset and would otherwise never see ``set_epoch``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import OrderedDict
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .images import DEFAULT_MAX_PIXELS, read_image, read_mask
+from .labels import IGNORE_INDEX, LabelScheme, UnknownMaskValues
+from .manifest import count_classes, run_with_progress
+
+
+class SegmentationDataset(Dataset):
+    """Manifest rows (``image_path``, ``mask_path``) read through a label scheme.
+
+    Training mode (``crop_size`` set): ``len == samples_per_epoch``; item i picks an image from a per-epoch
+    permutation and a random ``crop_size`` square at native resolution (smaller images are padded: image 0,
+    mask IGNORE_INDEX), then ``transform``. Eval mode (``crop_size=None``): one item per row, the whole image,
+    optionally padded bottom/right to a multiple of ``pad_to``.
+
+    Items: ``{"image": uint8 (3, H, W), "mask": int64 (H, W) with 255 = ignore, "index": position in rows}``.
+    """
+
+    def __init__(
+        self,
+        rows: pd.DataFrame,
+        scheme: LabelScheme,
+        *,
+        crop_size: int | None,
+        samples_per_epoch: int | None = None,
+        transform: A.BasicTransform | A.Compose | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        cache_mb: int = 2048,
+        seed: int = 0,
+        pad_to: int | None = None,
+    ):
+        missing = [c for c in ("image_path", "mask_path") if c not in rows.columns]
+        if missing:
+            raise ValueError(f"dataset rows lack {missing}; read the manifest with manifest.load_manifest")
+        if len(rows) == 0:
+            raise ValueError(f"{rows.attrs.get('manifest', 'manifest')}: no rows to read; check the split")
+        if crop_size is not None and crop_size < 1:
+            raise ValueError(f"--crop-size must be positive, got {crop_size}")
+        self.images = [str(p) for p in rows["image_path"]]  # plain lists pickle fast into workers
+        self.masks = [str(p) for p in rows["mask_path"]]
+        self.scheme = scheme
+        self.crop_size = crop_size
+        self.samples_per_epoch = samples_per_epoch or len(self.images)
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.cache_bytes = int(cache_mb) << 20
+        self.seed = seed
+        self.pad_to = pad_to
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by every worker
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cached = 0
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+
+    def __getstate__(self) -> dict:
+        """Pickled copies (spawned workers) start with an empty cache instead of copying gigabytes."""
+        state = dict(self.__dict__)
+        state["_cache"], state["_cached"] = OrderedDict(), 0
+        return state
+
+    # ------------------------------------------------------------------------------------ sizes
+    @property
+    def training(self) -> bool:
+        return self.crop_size is not None
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch if self.training else len(self.images)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose crops and augmentations items get; call it before iterating the loader."""
+        self._epoch.fill_(int(epoch))
+
+    # ------------------------------------------------------------------------------------ decoding
+    def load(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row -> ((H, W, 3) uint8 RGB image, (H, W) uint8 class indices), decoded once then cached (LRU)."""
+        if row in self._cache:
+            self._cache.move_to_end(row)
+            return self._cache[row]
+        image_path, mask_path = self.images[row], self.masks[row]
+        image = read_image(image_path, self.max_pixels)
+        raw = read_mask(mask_path, self.max_pixels)
+        if raw.shape[:2] != image.shape[:2]:
+            raise ValueError(
+                f"{image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                f"{raw.shape[1]}x{raw.shape[0]} (width x height); masks must match their images pixel for pixel"
+            )
+        try:
+            index = self.scheme.decode(raw)
+        except UnknownMaskValues as e:
+            raise ValueError(
+                f"{mask_path}: {e} of scheme {self.scheme.name!r}; pass the right --labels, or run "
+                "`damage-smp manifest check CSV` to list every such mask"
+            ) from None
+        size = image.nbytes + index.nbytes
+        if size <= self.cache_bytes:
+            while self._cached + size > self.cache_bytes:
+                _, (old_image, old_index) = self._cache.popitem(last=False)
+                self._cached -= old_image.nbytes + old_index.nbytes
+            self._cache[row] = (image, index)
+            self._cached += size
+        return image, index
+
+    # ------------------------------------------------------------------------------------ items
+    def __getitem__(self, index: int) -> dict:
+        epoch, i = self.epoch, int(index)
+        if not self.training:
+            image, mask = self.load(i)
+            if self.pad_to:
+                image, mask = pad_to_multiple(image, mask, self.pad_to)
+            row = i
+            rng = np.random.default_rng([self.seed, epoch, i])
+        else:
+            rng = np.random.default_rng([self.seed, epoch, i, 1])
+            row = int(self._order(epoch, i // len(self.images))[i % len(self.images)])
+            image, mask = random_crop(*self.load(row), self.crop_size, rng)
+        if self.transform is not None:
+            self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # (3, H, W) uint8
+            "mask": torch.from_numpy(mask.astype(np.int64)),  # (H, W) int64, 255 = ignore
+            "index": row,
+        }
+
+    def _order(self, epoch: int, block: int) -> np.ndarray:
+        """A seeded permutation of the rows, so every image is visited about equally often per epoch."""
+        key = (epoch, block)
+        if key not in self._orders:
+            if len(self._orders) > 8:
+                self._orders.clear()
+            self._orders[key] = np.random.default_rng([self.seed, epoch, block, 2]).permutation(len(self.images))
+        return self._orders[key]
+
+
+def random_crop(
+    image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size crop at a random place; a side shorter than size is padded (image 0, mask ignore).
+
+    The image lands at a random offset inside the padding, so small images are not always top-left.
+    """
+    h, w = mask.shape
+    out_image = np.zeros((size, size, 3), np.uint8)
+    out_mask = np.full((size, size), IGNORE_INDEX, np.uint8)
+    y = int(rng.integers(0, h - size + 1)) if h >= size else -int(rng.integers(0, size - h + 1))
+    x = int(rng.integers(0, w - size + 1)) if w >= size else -int(rng.integers(0, size - w + 1))
+    sy, sx = max(y, 0), max(x, 0)  # source corner
+    dy, dx = max(-y, 0), max(-x, 0)  # destination corner
+    ch, cw = min(size, h), min(size, w)
+    out_image[dy : dy + ch, dx : dx + cw] = image[sy : sy + ch, sx : sx + cw]
+    out_mask[dy : dy + ch, dx : dx + cw] = mask[sy : sy + ch, sx : sx + cw]
+    return out_image, out_mask
+
+
+def pad_to_multiple(image: np.ndarray, mask: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad bottom/right to a multiple of ``multiple`` (image 0, mask IGNORE_INDEX); a no-op when it fits."""
+    h, w = mask.shape
+    ph, pw = -h % multiple, -w % multiple
+    if not (ph or pw):
+        return image, mask
+    image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+    mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+    return image, mask
+
+
+# ============================================================================================ transforms
+def train_transform(strength: float = 1.0) -> A.Compose:
+    """Flips and 90-degree rotations always; photometric changes scaled by ``strength`` (0 = geometry only).
+
+    Geometry is exact on masks (flips/rotations move pixels, never interpolate). Blur kernels stay small, as
+    1-3 px hairs and scratches must survive them.
+    """
+    if not 0 <= strength <= 2:
+        raise ValueError(f"--aug-strength must be in [0, 2], got {strength}")
+    geometry = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+    if strength == 0:
+        return A.Compose(geometry)
+    s = strength
+
+    def p(x: float) -> float:
+        return min(1.0, x * s)
+
+    # scene-like changes first, then the "camera": CLAHE after noise would blow noise on blank paper up into
+    # speckles that look like dust
+    photometric = [
+        A.RandomBrightnessContrast(brightness_limit=0.15 * s, contrast_limit=0.15 * s, p=p(0.5)),
+        A.HueSaturationValue(hue_shift_limit=6 * s, sat_shift_limit=12 * s, val_shift_limit=8 * s, p=p(0.3)),
+        A.CLAHE(clip_limit=(1.0, 1.0 + 1.5 * s), p=p(0.1)),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 3)), A.MotionBlur(blur_limit=(3, 5))], p=p(0.1)),
+        A.GaussNoise(std_range=(0.005, 0.02 * s + 0.005), p=p(0.15)),
+        A.ImageCompression(quality_range=(max(40, int(95 - 25 * s)), 95), p=p(0.1)),
+    ]
+    return A.Compose(geometry + photometric)
+
+
+# ============================================================================================ loaders
+def resolve_workers(num_workers: int) -> int:
+    """-1 -> sized to the machine: one core for the main process, at most 8 workers."""
+    if num_workers >= 0:
+        return num_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if cores <= 1 else min(cores - 1, 8)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in each worker from torch's per-worker seed (items reseed themselves anyway)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    dataset: SegmentationDataset,
+    batch_size: int,
+    shuffle: bool = False,
+    num_workers: int = -1,
+    device_type: str = "cpu",
+    sampler: Sampler | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader sized to the machine: persistent workers, pinned memory on CUDA, prefetching.
+
+    Training items are already random (a function of seed, epoch and index), so ``shuffle`` is for eval
+    datasets only; under DDP pass a ``DistributedSampler(dataset, shuffle=False)``. Eval-mode items keep each
+    image's own size: batch them with ``batch_size=1`` (or tile them).
+    """
+    workers = resolve_workers(num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device_type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=seed_worker if workers > 0 else None,
+        drop_last=drop_last,
+    )
+
+
+def class_pixel_counts(
+    source: SegmentationDataset | pd.DataFrame,
+    scheme: LabelScheme | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = 2,
+) -> np.ndarray:
+    """(C,) int64 pixels per class, for automatic class weights.
+
+    Given a dataset, its rows go through its cache (loader workers forked afterwards inherit the decoded
+    arrays, so nothing is decoded twice); given manifest rows, only the masks are decoded, in a thread pool.
+    """
+    if isinstance(source, SegmentationDataset):
+        counts = [np.bincount(source.load(i)[1].ravel(), minlength=256) for i in range(len(source.images))]
+        return np.sum(counts, axis=0)[: source.scheme.num_classes].astype(np.int64)
+    if scheme is None:
+        raise ValueError("class_pixel_counts(rows) needs the label scheme")
+    counts = run_with_progress(
+        list(source["mask_path"]), lambda m: count_classes(m, scheme, max_pixels), workers, "counting classes"
+    )
+    return np.sum(counts, axis=0)[: scheme.num_classes].astype(np.int64)
