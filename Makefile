@@ -26,7 +26,7 @@ browser:
 
 # The bundled sample: synthetic damaged-media images with exact masks (deterministic, offline).
 sample: setup
-	@test -f sample/manifest.csv || $(BIN)/damage-smp synth sample
+	@test -f sample/manifest.csv || $(BIN)/damage-smp synth sample --root-manifest data_manifest.csv
 
 demo: setup sample
 	bash scripts/demo.sh
