@@ -80,7 +80,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     """AdamW weight decay."""
     schedule: str = "poly"
-    """Learning-rate decay after warmup: poly or cosine."""
+    """Learning-rate decay after warmup: poly, cosine or constant (poly/cosine stretch to a new --epochs on resume)."""
     warmup_iters: int = 20
     """Linear warmup length in optimizer steps."""
     accum_steps: int = 1
@@ -149,8 +149,8 @@ class TrainConfig:
             bad("dice_weight", "--dice-weight and --ce-weight must be >= 0 and not both 0")
         if self.class_weights not in ("none", "auto"):
             bad("class_weights", f"must be none or auto, got {self.class_weights!r}")
-        if self.schedule not in ("poly", "cosine"):
-            bad("schedule", f"must be poly or cosine, got {self.schedule!r}")
+        if self.schedule not in ("poly", "cosine", "constant"):
+            bad("schedule", f"must be poly, cosine or constant, got {self.schedule!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             bad("amp", f"must be auto, off, bf16 or fp16, got {self.amp!r}")
         if self.unfreeze_at is not None and self.unfreeze_at < 1:

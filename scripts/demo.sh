@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# make demo: a complete transfer-learning study on the bundled synthetic sample, offline, on CPU.
+# tu-efficientnet_lite0 with ImageNet weights frozen, fine-tuned, and from scratch, at the same budget;
+# then evaluate, compare, predict and report. Re-running skips runs that already finished.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DS=.venv/bin/damage-smp
+EXP=${DEMO_EXPERIMENTS:-experiments/demo}
+EPOCHS=${DEMO_EPOCHS:-8}
+SAMPLES=${DEMO_SAMPLES:-96}
+COMMON=(--manifest data_manifest.csv --encoder tu-efficientnet_lite0 --epochs "$EPOCHS"
+        --samples-per-epoch "$SAMPLES" --crop-size 256 --batch-size 8 --lr 2e-3 --out-dir "$EXP" --seed 0)
+
+finished() { [ -f "$1/state.json" ] && grep -q '"finished"' "$1/state.json"; }
+
+run() {  # name, extra flags...
+  local name=$1; shift
+  if finished "$EXP/$name"; then echo "== $name: already trained (delete $EXP/$name to retrain)"; return; fi
+  local again=(); [ -d "$EXP/$name" ] && again=(--overwrite)   # an unfinished demo run of ours: start it over
+  echo "== training $name"
+  "$DS" train "${COMMON[@]}" --name "$name" "${again[@]}" "$@"
+}
+
+run lite0-imagenet-frozen --encoder-weights imagenet --freeze-encoder
+run lite0-imagenet-finetune --encoder-weights imagenet
+run lite0-scratch --encoder-weights none
+
+for name in lite0-imagenet-frozen lite0-imagenet-finetune lite0-scratch; do
+  echo "== evaluating $name on the test split"
+  "$DS" evaluate "$EXP/$name" --split test
+done
+
+echo "== comparing"
+"$DS" compare "$EXP" --out "$EXP/compare"
+
+echo "== predicting the test images with the fine-tuned ImageNet run"
+.venv/bin/python - <<'PY' > "$EXP/test_images.txt"
+import pandas as pd
+df = pd.read_csv("data_manifest.csv")
+print("\n".join(df.loc[df["split"] == "test", "image"]))
+PY
+mapfile -t TEST_IMAGES < "$EXP/test_images.txt"
+"$DS" predict "$EXP/lite0-imagenet-finetune" "${TEST_IMAGES[@]}" --out predictions/demo --tile 512
+
+echo "== reports"
+"$DS" report "$EXP" --out reports/demo-study.html
+"$DS" report predictions/demo --out reports/demo-predictions.html
+
+echo
+echo "runs:        $EXP/  (config.json, history.csv, checkpoints/, metrics.json, curves.png, samples/)"
+echo "comparison:  $EXP/compare/compare.md"
+echo "masks:       predictions/demo/  (areas.csv, *_mask.png, *_index.png, *_overlay.jpg)"
+echo "reports:     reports/demo-study.html  reports/demo-predictions.html"
