@@ -111,9 +111,9 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
-        return obj.item()
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
-        return None
+        return None  # strict JSON: NaN (e.g. an absent class's IoU) is written as null
     return obj
 
 

@@ -1,0 +1,390 @@
+"""Sliding-window inference with Gaussian-weighted blending, in memory bounded by tile size and image width.
+
+Shared by training's validation, ``evaluate`` and ``predict``, so all three see the same pixels.
+
+The model is any callable taking (N, 3, h, w) float tensors in the 0..255 range (it normalises inside; see
+``models.DamageModel``) with h and w multiples of 32, returning (N, C, h, w) logits.
+
+How it works:
+1. ``plan_tiles``: a dimension smaller than the tile is padded up to a multiple of 32 (reflect where the
+   image is large enough, else constant 0) and the tile shrinks to it; a larger dimension is never padded.
+   ``tile_grid`` places tiles every ``tile * (1 - overlap)`` pixels, the last one flush with the border.
+2. ``iter_tile_batches`` crops the tiles from the uint8 image, row by row (the image is never converted to
+   float as a whole), and stacks them into batches.
+3. Each tile's softmax probabilities are multiplied by a Gaussian window (``gaussian_weights``: 1 in the
+   centre, small but > 0 at the border, where a conv net has seen least context) and added into an
+   accumulator; the weights are added into a weight map; probability = sum / weight.
+4. Memory: the accumulator is a *band* of ``tile`` image rows, (C, tile, W) plus a (tile, W) weight band,
+   used as a ring buffer. Tiles arrive row by row, so when the first tile of a new tile row starts at row y,
+   every row above y is final: it is normalised, handed on (argmax by ``predict_index``) and its band rows
+   are zeroed for reuse. For a 10000 x 10000 scan with 17 classes and 512-pixel tiles that is
+   17 x 512 x 10000 x 4 B = 348 MB (half with ``accum_dtype=torch.float16``, scaled by a power of two to
+   stay out of float16's subnormal range), never C x H x W (6.8 GB).
+   ``predict_probs`` and ``predict_index`` share this code, so ``predict_index == argmax(predict_probs)``
+   exactly.
+
+Test-time augmentation (``tta=True``): the average of the softmax probabilities of 4 passes (identity,
+horizontal flip, vertical flip, both), each output flipped back before averaging; 4x the compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MULTIPLE = 32  # smp encoders downsample 5 times: inputs must be multiples of 2**5
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # identity, h-flip, v-flip, both
+FLUSH_COLUMNS = 2048  # completed rows are normalised this many columns at a time (bounds the temporary)
+
+# Filled by predict_index / predict_probs on every call, from the real tensors they allocate: the memory
+# test reads it, and so can a benchmark. Keys: accumulator_bytes, accumulator_shape, weight_bytes,
+# padded_size, tile_size, n_tiles.
+STATS: dict = {}
+
+
+# ----------------------------------------------------------------------------------------- geometry
+def gaussian_weights(tile: int | tuple[int, int], sigma_scale: float = 1 / 8, floor: float = 1e-3) -> torch.Tensor:
+    """(th, tw) float32 Gaussian window, 1 at the centre, > 0 everywhere so borders still count.
+
+    sigma = ``sigma_scale`` x the tile side (nnU-Net's choice), per axis for non-square tiles. Each axis
+    profile is clamped to >= ``floor`` before the outer product (so the window is >= floor**2): clamping
+    the 2-D product instead would flatten it along the whole rim, and where four tiles meet the three
+    rims would outweigh the one tile that sees the corner pixel in its interior.
+    """
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+
+    def axis(n: int) -> torch.Tensor:
+        x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
+        g = torch.exp(-0.5 * (x / max(n * sigma_scale, 1e-6)) ** 2)
+        return (g / g.max()).clamp_min(floor)
+
+    return torch.outer(axis(th), axis(tw)).to(torch.float32)  # (th, tw)
+
+
+def tile_grid(h: int, w: int, tile: int | tuple[int, int], overlap: float) -> list[tuple[int, int]]:
+    """Top-left corners (y, x) of tiles covering an h x w image, row-major; the last tile of each axis is
+    flush with the border. Each axis needs its tile side <= its size (``plan_tiles`` pads to make it so)."""
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    _check_overlap(overlap)
+    ys, xs = _axis_positions(h, th, overlap), _axis_positions(w, tw, overlap)
+    return [(y, x) for y in ys for x in xs]
+
+
+def _axis_positions(n: int, t: int, overlap: float) -> list[int]:
+    if t > n:
+        raise ValueError(f"tile side {t} is larger than the image side {n}; pad the image first")
+    stride = max(1, int(t * (1 - overlap)))
+    return list(range(0, n - t, stride)) + [n - t]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles go on an image of ``size`` (h, w) after padding it to ``padded`` (ph, pw)."""
+
+    size: tuple[int, int]
+    padded: tuple[int, int]
+    tile: tuple[int, int]  # (th, tw), multiples of 32, <= padded
+    coords: list[tuple[int, int]]  # (y, x) top-left corners in padded coordinates, row-major
+
+
+def plan_tiles(h: int, w: int, tile: int = 512, overlap: float = 0.25) -> TilePlan:
+    """Pad sizes and tile corners for an h x w image; see the module docstring."""
+    if h < 1 or w < 1:
+        raise ValueError(f"image of size {h}x{w} has no pixels")
+    if tile < MULTIPLE or tile % MULTIPLE:
+        raise ValueError(f"--tile {tile}: must be a multiple of {MULTIPLE} and >= {MULTIPLE}, e.g. 512")
+    _check_overlap(overlap)
+    ph, pw = (n if n >= tile else _round_up(n, MULTIPLE) for n in (h, w))
+    th, tw = min(tile, ph), min(tile, pw)
+    return TilePlan((h, w), (ph, pw), (th, tw), tile_grid(ph, pw, (th, tw), overlap))
+
+
+def pad_to_multiple(t: torch.Tensor, m: int = MULTIPLE, mode: str = "reflect") -> torch.Tensor:
+    """(..., H, W) -> (..., H', W') padded at the bottom and right to multiples of ``m``.
+
+    Reflect padding where each side is large enough for it (pad < size), constant 0 otherwise; crop the
+    result back with ``[..., :H, :W]``.
+    """
+    h, w = t.shape[-2:]
+    return pad_to(t, _round_up(h, m), _round_up(w, m), mode)
+
+
+def pad_to(t: torch.Tensor, ph: int, pw: int, mode: str = "reflect") -> torch.Tensor:
+    """(..., H, W) -> (..., ph, pw), padded at the bottom and right.
+
+    Each axis is reflected where its pad is narrower than the image (torch's limit), else padded with 0.
+    """
+    h, w = t.shape[-2:]
+    if ph < h or pw < w:
+        raise ValueError(f"cannot pad {h}x{w} down to {ph}x{pw}")
+    if (ph, pw) == (h, w):
+        return t
+    lead = t.shape[:-2]
+    x = t.reshape(-1, 1, h, w) if t.dim() != 3 else t.unsqueeze(0)  # F.pad's reflect wants (N, C, H, W)
+    for pad, size, spec in ((ph - h, h, (0, 0, 0, ph - h)), (pw - w, w, (0, pw - w, 0, 0))):
+        if pad:
+            x = F.pad(x, spec, mode=mode if mode != "reflect" or pad < size else "constant")
+    return x.reshape(*lead, ph, pw)
+
+
+def _round_up(n: int, m: int) -> int:
+    return int(math.ceil(n / m) * m)
+
+
+def _check_overlap(overlap: float) -> None:
+    if not 0 <= overlap < 1:
+        raise ValueError(f"--overlap {overlap}: must be >= 0 and < 1, e.g. 0.25")
+
+
+# ----------------------------------------------------------------------------------------- tiles
+def as_chw_uint8(image) -> torch.Tensor:
+    """(H, W, 3) uint8 array or (3, H, W) uint8 tensor -> (3, H, W) uint8 tensor (a view where possible)."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W) view
+    elif isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(image.shape)}")
+    else:
+        raise ValueError(f"expected an image array or tensor, got {type(image).__name__}")
+    if image.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 image (0..255), got {image.dtype}")
+    return image
+
+
+AMP_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def as_amp_dtype(amp) -> torch.dtype | None:
+    """None / "none" / "fp16" / "bf16" / a torch dtype -> the autocast dtype (None: no autocast)."""
+    if amp is None or isinstance(amp, torch.dtype):
+        return amp
+    key = str(amp).lower()
+    if key in ("none", "no", "off", "fp32", "float32"):
+        return None
+    if key not in AMP_DTYPES:
+        raise ValueError(f"--amp {amp!r}: unknown precision; use one of none, {', '.join(AMP_DTYPES)}")
+    return AMP_DTYPES[key]
+
+
+def iter_tile_batches(
+    image, plan: TilePlan, batch_size: int = 4
+) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
+    """Yield ((N, 3, th, tw) uint8 CPU batch, [(y, x), ...]) in the plan's row-major order.
+
+    Cropping happens here, on uint8, so a caller may run this generator in a thread to overlap I/O.
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: must be >= 1")
+    img = as_chw_uint8(image)
+    if tuple(img.shape[-2:]) != plan.size:
+        raise ValueError(f"image size {tuple(img.shape[-2:])} does not match the tile plan's {plan.size}")
+    img = pad_to(img, *plan.padded)  # (3, ph, pw); a copy only when a side is smaller than the tile
+    th, tw = plan.tile
+    for start in range(0, len(plan.coords), batch_size):
+        coords = plan.coords[start : start + batch_size]
+        yield torch.stack([img[:, y : y + th, x : x + tw] for y, x in coords]), coords
+
+
+def _run_model(model, batch: torch.Tensor, num_classes: int, amp_dtype, tta: bool) -> torch.Tensor:
+    """(N, 3, th, tw) float 0..255 -> (N, C, th, tw) float32 softmax probabilities (TTA-averaged)."""
+    flips = TTA_FLIPS if tta else ((),)
+    probs = None
+    for dims in flips:
+        x = batch.flip(dims) if dims else batch
+        amp = torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        with amp:
+            logits = model(x)  # (N, C, th, tw)
+        if logits.shape[0] != x.shape[0] or logits.shape[1] != num_classes or logits.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"model returned {tuple(logits.shape)} for input {tuple(x.shape)}; expected "
+                f"({x.shape[0]}, {num_classes}, {x.shape[2]}, {x.shape[3]}): check num_classes / the model"
+            )
+        p = torch.softmax(logits.float(), dim=1)
+        p = p.flip(dims) if dims else p
+        probs = p if probs is None else probs + p
+    return probs / len(flips) if len(flips) > 1 else probs
+
+
+# ----------------------------------------------------------------------------------------- blending
+def iter_blended_rows(
+    model: Callable,
+    image,
+    num_classes: int,
+    *,
+    tile: int = 512,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    device="cpu",
+    amp_dtype: torch.dtype | str | None = None,
+    tta: bool = False,
+    accum_dtype: torch.dtype = torch.float32,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
+    """Yield (y0, y1, x0, x1, probs) blocks of final probabilities, top to bottom, covering the image once.
+
+    ``probs``: (C, y1 - y0, x1 - x0) float32 on ``device``, cropped to the original image. Memory: one
+    (C, tile, padded W) accumulator band + one (tile, padded W) weight band; see the module docstring.
+    """
+    device = torch.device(device)
+    amp_dtype = as_amp_dtype(amp_dtype)
+    img = as_chw_uint8(image)
+    h, w = img.shape[-2:]
+    plan = plan_tiles(h, w, tile, overlap)
+    (ph, pw), (th, tw) = plan.padded, plan.tile
+    window = gaussian_weights((th, tw)).to(device)  # (th, tw)
+    scale = _accumulator_scale(plan, accum_dtype)
+    acc = torch.zeros((num_classes, th, pw), dtype=accum_dtype, device=device)  # ring buffer over rows
+    wsum = torch.zeros((th, pw), dtype=torch.float32, device=device)
+    STATS.clear()
+    STATS.update(
+        accumulator_bytes=acc.numel() * acc.element_size() + wsum.numel() * wsum.element_size(),
+        accumulator_shape=tuple(acc.shape),
+        weight_bytes=wsum.numel() * wsum.element_size(),
+        padded_size=(ph, pw),
+        tile_size=(th, tw),
+        n_tiles=len(plan.coords),
+    )
+
+    def ring(y0: int, y1: int):
+        """Image rows [y0, y1) (at most th of them) -> [(band slice, offset into the rows)], <= 2 pieces."""
+        s, n = y0 % th, y1 - y0
+        first = min(n, th - s)
+        pieces = [(slice(s, s + first), 0)]
+        if n > first:
+            pieces.append((slice(0, n - first), first))
+        return pieces
+
+    def flush(y0: int, y1: int):
+        """Normalise image rows [y0, y1) (cropped to the image), yield them, and zero their band rows."""
+        for band, off in ring(y0, y1):
+            r0 = y0 + off
+            r1 = r0 + (band.stop - band.start)
+            keep = min(r1, h) - r0  # rows below the image are padding: dropped
+            for x0 in range(0, w, FLUSH_COLUMNS) if keep > 0 else ():
+                x1 = min(x0 + FLUSH_COLUMNS, w)
+                rows = slice(band.start, band.start + keep)
+                with torch.inference_mode():
+                    weight = wsum[rows, x0:x1] * scale if scale != 1 else wsum[rows, x0:x1]  # (keep, x1 - x0)
+                    probs = acc[:, rows, x0:x1].float() / weight  # (C, keep, x1 - x0)
+                yield r0, r0 + keep, x0, x1, probs  # never yield inside inference_mode: it would leak
+            acc[:, band].zero_()
+            wsum[band].zero_()
+
+    model_was_training = isinstance(model, torch.nn.Module) and model.training
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        band_y = 0  # first image row not yet handed on; the band holds rows [band_y, band_y + th)
+        done = 0
+        for batch, coords in iter_tile_batches(img, plan, batch_size):
+            with torch.inference_mode():
+                x = batch.to(device, non_blocking=True).float()  # (N, 3, th, tw) in 0..255
+                probs = _run_model(model, x, num_classes, amp_dtype, tta) * window  # (N, C, th, tw)
+            # accumulation runs outside inference_mode because flush() yields; acc needs no grad anyway
+            for k, (y, x0) in enumerate(coords):
+                if y > band_y:  # a new tile row starts: every row above it is final
+                    yield from flush(band_y, y)
+                    band_y = y
+                for band, off in ring(y, y + th):
+                    n = band.stop - band.start
+                    piece = probs[k, :, off : off + n]  # (C, n, tw) weighted probabilities
+                    acc[:, band, x0 : x0 + tw] += (piece * scale if scale != 1 else piece).to(accum_dtype)
+                    wsum[band, x0 : x0 + tw] += window[off : off + n]
+            done += len(coords)
+            if progress is not None:
+                progress(done, len(plan.coords))
+        yield from flush(band_y, ph)
+    finally:
+        if model_was_training:
+            model.train()
+
+
+def _accumulator_scale(plan: TilePlan, accum_dtype: torch.dtype) -> float:
+    """A power of two that lifts low-precision accumulators out of float16's subnormal range.
+
+    Near the image rim a pixel's weight can be ~1e-6 (both axis profiles at their floor); float16 stores
+    that with a few bits only. Scaling by 2**k, as large as the most-covered pixel allows without passing
+    float16's maximum (65504), keeps every weight normal. float32 needs (and gets) no scaling: exact path.
+    """
+    if accum_dtype in (torch.float32, torch.float64):
+        return 1.0
+    if accum_dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"accumulator dtype must be float32, float16 or bfloat16, not {accum_dtype}")
+    (ph, pw), (th, tw) = plan.padded, plan.tile
+    cover_y, cover_x = np.zeros(ph, np.int64), np.zeros(pw, np.int64)
+    for y in {y for y, _ in plan.coords}:
+        cover_y[y : y + th] += 1
+    for x in {x for _, x in plan.coords}:
+        cover_x[x : x + tw] += 1
+    cover = int(cover_y.max() * cover_x.max())  # most tiles over one pixel: bounds every accumulated sum
+    return float(2 ** math.floor(math.log2(32768 / cover)))
+
+
+def predict_probs(
+    model: Callable,
+    image,
+    num_classes: int,
+    *,
+    tile: int = 512,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    device="cpu",
+    amp_dtype: torch.dtype | str | None = None,
+    tta: bool = False,
+    accum_dtype: torch.dtype = torch.float32,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """(C, H, W) float32 CPU softmax probabilities of a whole image, Gaussian-blended over tiles.
+
+    Allocates C x H x W floats for the result: use ``predict_index`` for big scans.
+    """
+    img = as_chw_uint8(image)
+    h, w = img.shape[-2:]
+    out = torch.empty((num_classes, h, w), dtype=torch.float32)
+    for y0, y1, x0, x1, probs in iter_blended_rows(
+        model, img, num_classes, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
+        amp_dtype=amp_dtype, tta=tta, accum_dtype=accum_dtype, progress=progress,
+    ):  # fmt: skip
+        out[:, y0:y1, x0:x1] = probs.cpu()
+    return out
+
+
+def predict_index(
+    model: Callable,
+    image,
+    num_classes: int,
+    *,
+    tile: int = 512,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    device="cpu",
+    amp_dtype: torch.dtype | str | None = None,
+    tta: bool = False,
+    accum_dtype: torch.dtype = torch.float32,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """(H, W) uint8 class indices = argmax of ``predict_probs``, in memory bounded by tile x width.
+
+    Peak memory beyond the image and the (H, W) uint8 result: the (C, tile, W) accumulator band (float32,
+    or float16 with ``accum_dtype``), a (tile, W) float32 weight band and one batch of tile probabilities.
+    ``progress(n_done_tiles, n_total)`` is called after each batch.
+    """
+    if num_classes > 256:
+        raise ValueError(f"{num_classes} classes do not fit a uint8 index map (at most 256)")
+    img = as_chw_uint8(image)
+    h, w = img.shape[-2:]
+    out = np.empty((h, w), dtype=np.uint8)
+    for y0, y1, x0, x1, probs in iter_blended_rows(
+        model, img, num_classes, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
+        amp_dtype=amp_dtype, tta=tta, accum_dtype=accum_dtype, progress=progress,
+    ):  # fmt: skip
+        out[y0:y1, x0:x1] = probs.argmax(0).to(torch.uint8).cpu().numpy()
+    return out
