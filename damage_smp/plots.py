@@ -81,3 +81,133 @@ def save_curves(history: list[dict], path: str | Path, title: str = "") -> None:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+# ============================================================================================ evaluate / compare
+MAX_BARS = 12  # units shown in the per-class bar chart; more bars than this are unreadable
+
+
+def save_laid_out(fig, path: str | Path, dpi: int = 100) -> None:
+    """Like save_figure for a figure already laid out (tight_layout): one render instead of two (faster)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+WEIGHT_MARKERS = {"imagenet": "o", "none": "s", "path": "^"}
+
+
+def save_confusion_matrix(mat: np.ndarray, names: list[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix (rows = ground truth, columns = prediction), shares annotated in %.
+
+    Rows without target pixels (absent classes) stay blank rather than 0, matching the metrics' NaN rule.
+    """
+    mat = np.asarray(mat, np.float64)
+    rows = mat.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(rows > 0, mat / rows, np.nan)  # (C, C)
+    c = len(names)
+    side = max(4.0, 0.42 * c + 2.2)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    ax.set_facecolor("#e4e4e4")  # rows of classes absent from the ground truth show grey, not "0 %"
+    im = ax.imshow(np.ma.masked_invalid(norm), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(c), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(c), [f"{n} ({int(s):,})" for n, s in zip(names, rows[:, 0], strict=True)], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth (target pixels)")
+    for i in range(c):
+        for j in range(c):
+            v = norm[i, j]
+            if not np.isnan(v) and v >= 0.005:
+                ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6 if c > 10 else 8,
+                        color="white" if v > 0.55 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row's pixels")
+    ax.set_title((title or "confusion matrix (row-normalised, %)") + "\ngrey rows: class absent from the ground truth",
+                 fontsize=9)  # fmt: skip
+    save_figure(fig, path)
+
+
+def save_per_class_bars(
+    names: list[str], series: dict[str, tuple[list[float], list[float]]], path: str | Path, ylabel: str = "IoU"
+) -> None:
+    """Grouped bars: one group per class, one bar per run/group (mean, with the std as an error bar)."""
+    labels = list(series)[:MAX_BARS]
+    n = max(1, len(labels))
+    x = np.arange(len(names))
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) * (1 + n / 3)), 4.2))
+    for k, label in enumerate(labels):
+        means, stds = (np.array(v, float) for v in series[label])
+        ax.bar(x + (k - (n - 1) / 2) * width, np.nan_to_num(means), width, label=label,
+               yerr=np.where(np.isnan(stds), 0, stds), capsize=1.5, error_kw={"lw": 0.6})  # fmt: skip
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=1 + n // 6, loc="upper right")
+    ax.set_title("per-class IoU (absent classes have no bar)", fontsize=9)
+    fig.tight_layout()
+    save_laid_out(fig, path)
+
+
+def save_curves_overlay(curves: dict[str, tuple[list, list, str]], path: str | Path, ylabel: str) -> None:
+    """Validation curves of several runs on one axis, coloured by encoder weights (imagenet / none / path).
+
+    Up to 12 runs get a line and a legend entry each; more are drawn as one NaN-separated line per weights
+    setting (one artist instead of a hundred: fast, and a hundred legend entries would be unreadable anyway).
+    """
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = {"imagenet": "tab:blue", "none": "tab:orange", "path": "tab:green"}
+    if len(curves) <= 12:
+        for name, (epochs, values, weights) in curves.items():
+            ax.plot(epochs, values, marker=".", lw=1, alpha=0.8, color=colours.get(weights, "tab:gray"), label=name)
+    else:
+        for weights in sorted({w for *_, w in curves.values()}):
+            xs, ys = [], []
+            for epochs, values, w in curves.values():
+                if w == weights:
+                    xs += [*epochs, np.nan]
+                    ys += [*values, np.nan]
+            ax.plot(xs, ys, lw=0.8, alpha=0.6, color=colours.get(weights, "tab:gray"),
+                    label=f"weights {weights} ({sum(w == weights for *_, w in curves.values())} runs)")  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_laid_out(fig, path)
+
+
+def save_score_vs_time(points: list[tuple[str, float, float, str]], path: str | Path, ylabel: str) -> None:
+    """(name, train seconds, score, weights) per run: what each run's score cost in training time."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for weights in sorted({p[3] for p in points}):
+        sel = [p for p in points if p[3] == weights]
+        ax.scatter([p[1] for p in sel], [p[2] for p in sel], marker=WEIGHT_MARKERS.get(weights, "x"),
+                   label=f"weights {weights}")  # fmt: skip
+    if len(points) <= 20:
+        for name, x, y, _ in points:
+            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_laid_out(fig, path)
+
+
+def save_data_efficiency(
+    lines: dict[str, tuple[list[float], list[float], list[float]]], path: str | Path, ylabel: str
+) -> None:
+    """Score vs the fraction of training images, one line (mean ± std over seeds) per weights setting."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, (fractions, means, stds) in lines.items():
+        ax.errorbar(fractions, means, yerr=np.nan_to_num(np.array(stds, float)), marker="o", capsize=3,
+                    label=label)  # fmt: skip
+    ax.set_xscale("log")
+    ticks = sorted({f for fractions, _, _ in lines.values() for f in fractions})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("fraction of training images (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_laid_out(fig, path)

@@ -1,0 +1,328 @@
+"""evaluate(run_dir, split) -> metrics.json, confusion matrix, per-image counts and per-group tables.
+
+Every whole image of the split goes through the same Gaussian-blended sliding window as training's validation
+and predict (``tiling.predict_index``, memory bounded by tile x width), at full resolution. Each image gets its
+own confusion matrix; the split's matrix is their sum, so the numbers are exact pixel counts, not an average of
+per-image scores.
+
+Files written into the run directory (atomically; other splits already in metrics.json are kept):
+- ``metrics.json``: ``{split_key: {summary, per_class, image_detection, groups, manifest, ...}}``
+- ``confusion_matrix.csv`` / ``.png`` (rows = ground truth, columns = prediction; the PNG row-normalised)
+- ``per_image.csv``: per image its TP/FP/FN pixel counts for every class (``tp_<i>``, ``fp_<i>``, ``fn_<i>``)
+  and for damage-vs-clean (``damage_tp/fp/fn``), so that compare can bootstrap over images
+- ``groups.csv``: one row per value of each manifest group column (material, content, ...)
+The split key is the split name for the run's own manifest and ``<split>@<manifest stem>`` for another one;
+files for keys other than ``test`` carry the key as a suffix (``per_image_val.csv``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .compare import split_filename
+from .images import read_image, read_mask
+from .labels import LabelScheme, UnknownMaskValues
+from .manifest import SPLITS, group_columns, load_manifest, split_rows
+from .metrics import ConfusionMatrix, image_detection
+from .models import load_bundle, resolve_device
+from .plots import save_confusion_matrix
+from .runs import CheckpointError, RunPaths, read_json, read_run_config, sha256_file, write_csv, write_json
+from .tiling import predict_index
+from .train import resolve_amp
+
+GROUP_METRICS = ("miou", "damage_miou", "damage_iou", "damage_f1", "pixel_accuracy")
+
+
+# ============================================================================================ entry point
+def evaluate(
+    run_dir: str | Path,
+    split: str = "test",
+    manifest: str | Path | None = None,
+    checkpoint: str = "best",
+    tta: bool = False,
+    device: str = "auto",
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch_size: int | None = None,
+    max_pixels: int | None = None,
+    console: Console | None = None,
+) -> dict:
+    """Evaluate a run's checkpoint on every whole image of a split; write and return its metrics entry.
+
+    ``manifest``: another manifest to evaluate on (its masks are decoded with the run's label scheme);
+    default: the manifest the run was trained on. ``tile``/``overlap``/``batch_size``/``max_pixels`` default
+    to the run's training settings. Returns the metrics.json entry plus ``split_key`` and ``files``.
+    """
+    console = console or Console()
+    run_dir = Path(run_dir)
+    paths = RunPaths(run_dir)
+    cfg, scheme, _ = read_run_config(run_dir)  # missing dir / not a run / other config_version: one clear line
+    ckpt_path = checkpoint_path(paths, checkpoint)
+    tile = cfg.tile if tile is None else tile
+    overlap = cfg.overlap if overlap is None else overlap
+    batch_size = cfg.batch_size if batch_size is None else batch_size
+    max_pixels = cfg.max_pixels if max_pixels is None else max_pixels
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: must be >= 1")
+
+    # ------------------------------------------------------------------ data
+    manifest_path, foreign = resolve_manifest(paths, cfg.manifest, manifest, console)
+    df = load_manifest(manifest_path)
+    present = [s for s in SPLITS if (df["split"] == s).any()]
+    if split not in present:
+        raise ValueError(
+            f"{manifest_path}: no {split!r} split (splits present: {', '.join(present) or 'none'}); "
+            f"choose one with --split"
+        )
+    rows = split_rows(df, split)
+    groups = group_columns(df)
+    split_key = f"{split}@{manifest_path.stem}" if foreign else split
+
+    # ------------------------------------------------------------------ model
+    dev = resolve_device(device)
+    bundle = load_bundle(run_dir, checkpoint, dev)
+    amp_dtype = resolve_amp(cfg.amp, dev)
+    console.print(
+        f"[bold]{run_dir}[/]  {ckpt_path.name} (epoch {bundle.epoch})  {split_key}: {len(rows)} images  "
+        f"tile {tile} overlap {overlap:g}{'  TTA x4' if tta else ''}  device={dev}"
+    )
+
+    # ------------------------------------------------------------------ the loop: one matrix per image
+    total = ConfusionMatrix(scheme.num_classes)
+    mats: list[np.ndarray] = []
+    per_image: list[dict] = []
+    with progress_bar(console) as bar:
+        task = bar.add_task(f"evaluate {split_key}", total=len(rows))
+        for row in rows.to_dict("records"):
+            image = read_image(row["image_path"], max_pixels)  # (H, W, 3) uint8
+            target = decode_target(row["mask_path"], scheme, foreign, max_pixels)  # (H, W) uint8, 255 = ignore
+            if target.shape != image.shape[:2]:
+                raise ValueError(
+                    f"{row['mask_path']}: mask is {target.shape[1]}x{target.shape[0]} but its image "
+                    f"{row['image_path']} is {image.shape[1]}x{image.shape[0]}; masks must match their images"
+                )
+            pred = predict_index(
+                bundle.model,
+                image,
+                scheme.num_classes,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                device=dev,
+                amp_dtype=amp_dtype,
+                tta=tta,
+            )  # (H, W) uint8
+            cm = ConfusionMatrix(scheme.num_classes)
+            cm.update(pred, target)
+            total.merge(cm)
+            mat = cm.to_numpy()  # (C, C) int64 [target, pred]
+            mats.append(mat)
+            per_image.append({"image": row["image"], "image_path": row["image_path"],
+                              **{g: row[g] for g in groups}, **per_image_counts(mat, scheme)})  # fmt: skip
+            bar.advance(task)
+
+    # ------------------------------------------------------------------ numbers
+    summary = total.summary(scheme)
+    group_tables = {col: group_rows(rows[col].tolist(), mats, scheme) for col in groups}
+    entry = {
+        "summary": summary,
+        "per_class": total.per_class(scheme),
+        "image_detection": image_detection(mats, scheme),
+        "groups": group_tables,
+        "manifest": str(manifest_path.resolve()),
+        "manifest_sha256": sha256_file(manifest_path),
+        "checkpoint": checkpoint,
+        "epoch": bundle.epoch,
+        "tta": bool(tta),
+        "tile": tile,
+        "overlap": overlap,
+        "n_images": len(rows),
+        "confusion_matrix": total.to_numpy().tolist(),
+        "note": "absent classes are NaN and skipped",
+    }
+
+    # ------------------------------------------------------------------ files
+    files = write_outputs(paths, split_key, entry, total, per_image, groups, scheme)
+    print_summary(console, split_key, entry, scheme)
+    console.print("wrote " + ", ".join(str(f) for f in files))
+    return {**entry, "split_key": split_key, "files": [str(f) for f in files]}
+
+
+# ============================================================================================ pieces
+def checkpoint_path(paths: RunPaths, checkpoint: str) -> Path:
+    """The checkpoint file to evaluate (best, last, epoch_005 or a .pt path); missing: an error with the fix.
+
+    Checked before the manifest and the model are loaded, so a wrong name fails in a second.
+    """
+    path = Path(checkpoint) if checkpoint.endswith(".pt") else paths.checkpoint(checkpoint)
+    if not path.is_file():
+        others = sorted(p.stem for p in paths.checkpoints.glob("*.pt")) if paths.checkpoints.is_dir() else []
+        if others:
+            hint = f"use --checkpoint {'last' if 'last' in others and checkpoint != 'last' else others[0]}"
+        else:
+            hint = "the run has no checkpoints; train it first (damage-smp train) or continue it with --resume"
+        raise CheckpointError(f"{path}: checkpoint not found; {hint} (available: {', '.join(others) or 'none'})")
+    return path
+
+
+def resolve_manifest(paths: RunPaths, trained_on: str, given: str | Path | None, console: Console):
+    """(manifest path, foreign?) — the --manifest given, or the run's training manifest.
+
+    A relative training manifest was relative to the folder train ran in; env.json keeps its absolute path
+    and sha256, so a run still finds its data when evaluated from another folder.
+    """
+    env = {}
+    if paths.env.is_file():
+        try:
+            env = read_json(paths.env)
+        except ValueError:
+            env = {}
+    recorded = env.get("manifest")
+    candidates = [Path(trained_on)]
+    if recorded and Path(recorded) != Path(trained_on):
+        candidates.append(Path(recorded))
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise FileNotFoundError(f"--manifest {path}: file not found; give an existing manifest CSV")
+        same = any(c.is_file() and os.path.samefile(c, path) for c in candidates)
+        return path, not same
+    for path in candidates:
+        if path.is_file():
+            sha = env.get("manifest_sha256")
+            if sha and sha256_file(path) != sha:
+                console.print(
+                    f"[yellow]warning: {path} changed since the run was trained (sha256 differs); "
+                    "the split may not be the one the run was validated on[/]"
+                )
+            return path, False
+    shown = " or ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"{paths.root}: its training manifest {shown} is not found; run from the folder you trained in, "
+        "or give the manifest with --manifest CSV"
+    )
+
+
+def decode_target(mask_path: str, scheme: LabelScheme, foreign: bool, max_pixels: int) -> np.ndarray:
+    """A mask file -> (H, W) uint8 class indices in the run's label scheme; other values are a clear error."""
+    try:
+        return scheme.decode(read_mask(mask_path, max_pixels))
+    except UnknownMaskValues as e:
+        where = "this manifest's masks use a label scheme that differs from" if foreign else "it does not fit"
+        raise ValueError(
+            f"{mask_path}: {e}; {where} the run's scheme {scheme.name!r} ({scheme.num_classes} classes) — "
+            "evaluate on masks in the run's scheme, or check them with `damage-smp manifest check --labels`"
+        ) from None
+
+
+def per_image_counts(mat: np.ndarray, scheme: LabelScheme) -> dict:
+    """One image's (C, C) matrix -> pixels, damage-vs-clean IoU and counts, and tp_i/fp_i/fn_i per class."""
+    tp = np.diag(mat)
+    fp, fn = mat.sum(0) - tp, mat.sum(1) - tp
+    binary = ConfusionMatrix.from_numpy(mat).damage_vs_clean(scheme)
+    out = {"n_pixels": int(mat.sum()), "damage_iou": binary["iou"],
+           "damage_tp": binary["tp"], "damage_fp": binary["fp"], "damage_fn": binary["fn"]}  # fmt: skip
+    out.update({f"tp_{i}": int(v) for i, v in enumerate(tp)})
+    out.update({f"fp_{i}": int(v) for i, v in enumerate(fp)})
+    out.update({f"fn_{i}": int(v) for i, v in enumerate(fn)})
+    return out
+
+
+def group_rows(values: list, mats: list[np.ndarray], scheme: LabelScheme) -> list[dict]:
+    """One summary per distinct value of a group column (in order of appearance), from summed matrices."""
+    order = list(dict.fromkeys(values))
+    out = []
+    for value in order:
+        members = [m for v, m in zip(values, mats, strict=True) if v == value]
+        cm = ConfusionMatrix.from_numpy(np.sum(members, axis=0))
+        out.append({"group": value, "n_images": len(members), **cm.summary(scheme)})
+    return out
+
+
+def write_outputs(paths: RunPaths, key: str, entry: dict, total: ConfusionMatrix, per_image: list[dict],
+                  groups: list[str], scheme: LabelScheme) -> list[Path]:  # fmt: skip
+    """metrics.json (merged), confusion matrix CSV + PNG, per_image.csv and groups.csv; all atomic."""
+    existing = {}
+    if paths.metrics.is_file():
+        try:
+            existing = read_json(paths.metrics)
+        except ValueError:
+            raise ValueError(
+                f"{paths.metrics}: not valid JSON, so the other splits in it cannot be kept; move it away "
+                "and run evaluate again"
+            ) from None
+    write_json(paths.metrics, {**existing, key: entry})
+    names = scheme.names
+    mat = total.to_numpy()
+    cm_csv = paths.root / split_filename("confusion_matrix", key, ".csv")
+    write_csv(cm_csv, [{"target \\ predicted": n, **dict(zip(names, map(int, r), strict=True))}
+                       for n, r in zip(names, mat, strict=True)], ["target \\ predicted", *names])  # fmt: skip
+    cm_png = paths.root / split_filename("confusion_matrix", key, ".png")
+    save_confusion_matrix(mat, names, cm_png, title=f"{paths.root.name} — {key} (row-normalised, %)")
+    per_csv = paths.root / split_filename("per_image", key, ".csv")
+    c = scheme.num_classes
+    fields = ["image", "image_path", *groups, "n_pixels", "damage_iou", "damage_tp", "damage_fp", "damage_fn",
+              *[f"{k}_{i}" for k in ("tp", "fp", "fn") for i in range(c)]]  # fmt: skip
+    write_csv(per_csv, per_image, fields)
+    files = [paths.metrics, cm_csv, cm_png, per_csv]
+    if groups:
+        grp_csv = paths.root / split_filename("groups", key, ".csv")
+        rows = [{"column": col, **{k: v for k, v in r.items() if k not in ("absent_classes", "note")}}
+                for col in groups for r in entry["groups"][col]]  # fmt: skip
+        write_csv(grp_csv, rows, ["column", "group", "n_images", *GROUP_METRICS, "n_pixels"])
+        files.append(grp_csv)
+    return files
+
+
+# ============================================================================================ terminal
+def progress_bar(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)  # fmt: skip
+
+
+def _f(v, spec: str = ".4f") -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def print_summary(console: Console, key: str, entry: dict, scheme: LabelScheme) -> None:
+    s, det = entry["summary"], entry["image_detection"]
+    table = Table(title=f"{key}: {entry['n_images']} images, {s['n_pixels']:,} pixels ({entry['checkpoint']}, "
+                  f"epoch {entry['epoch']})")  # fmt: skip
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, value in [
+        ("mIoU (classes present)", s["miou"]),
+        ("damage mIoU (damage classes)", s["damage_miou"]),
+        ("damage-vs-clean IoU", s["damage_iou"]),
+        ("damage-vs-clean F1", s["damage_f1"]),
+        ("pixel accuracy", s["pixel_accuracy"]),
+        ("image-level detection precision", det["precision"]),
+        ("image-level detection recall", det["recall"]),
+    ]:
+        table.add_row(label, _f(value))
+    console.print(table)
+    classes = Table(title="per class")
+    for col in ("class", "IoU", "Dice", "precision", "recall", "target px"):
+        classes.add_column(col, justify="left" if col == "class" else "right")
+    for r in entry["per_class"]:
+        classes.add_row(r["name"], _f(r["iou"]), _f(r["dice"]), _f(r["precision"]), _f(r["recall"]),
+                        f"{r['support']:,}", style="dim" if math.isnan(r["iou"]) else None)  # fmt: skip
+    console.print(classes)
+    if s["absent_classes"]:
+        console.print(f"absent classes (NaN, skipped in the means): {', '.join(s['absent_classes'])}")
+    for col, rows in entry["groups"].items():
+        gt = Table(title=f"by {col}")
+        gt.add_column(col)
+        gt.add_column("images", justify="right")
+        for m in GROUP_METRICS:
+            gt.add_column(m, justify="right")
+        for r in rows:
+            gt.add_row(str(r["group"]), str(r["n_images"]), *[_f(r[m]) for m in GROUP_METRICS])
+        console.print(gt)
