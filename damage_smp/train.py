@@ -22,12 +22,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import distributed as ddp
 from .config import TrainConfig, check_run_name
 from .data import SegmentationDataset, class_pixel_counts, make_loader, train_transform
+from .decode_cache import default_decode_cache
 from .images import read_image
 from .labels import IGNORE_INDEX, LabelScheme, resolve_scheme
 from .losses import DiceCELoss, class_weights_from_counts
 from .manifest import load_manifest, split_rows
 from .metrics import ConfusionMatrix
-from .models import build_model, count_params, encoder_param_group, param_groups, resolve_device, set_encoder_frozen
+from .models import (
+    build_model,
+    count_params,
+    encoder_param_group,
+    param_groups,
+    resolve_amp,
+    resolve_device,
+    set_encoder_frozen,
+)
 from .plots import save_curves, save_sample
 from .runs import (
     HISTORY_FIELDS,
@@ -118,7 +127,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console |
 
     dataset = SegmentationDataset(train_rows, scheme, crop_size=cfg.crop_size, samples_per_epoch=cfg.samples_per_epoch,
                                   transform=train_transform(cfg.aug_strength), max_pixels=cfg.max_pixels,
-                                  cache_mb=cfg.cache_mb, seed=cfg.seed)  # fmt: skip
+                                  cache_mb=cfg.cache_mb, seed=cfg.seed,
+                                  decode_cache=default_decode_cache())  # fmt: skip
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False) if world > 1 else None
     drop_last = len(dataset) >= cfg.batch_size * world
     loader = make_loader(dataset, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
@@ -364,17 +374,6 @@ def wrap_model(model, cfg: TrainConfig, device: torch.device, world: int):
 
 def is_frozen(cfg: TrainConfig, epoch: int) -> bool:
     return cfg.freeze_encoder and (cfg.unfreeze_at is None or epoch < cfg.unfreeze_at)
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16/fp16 autocast on CUDA; off on CPU (bf16 autocast there is ~20x slower than fp32)."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
