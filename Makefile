@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml
 # Headless Chromium + driver for the report's browser tests (Debian packages; no browser download at test time).
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  { echo "make browser: could not install chromium + chromium-driver; install them with your package" \
+	         "manager (Debian/Ubuntu, as root: apt-get install chromium chromium-driver)" >&2; exit 1; }
 
 # The bundled sample: synthetic damaged-media images with exact masks (deterministic, offline).
 sample: setup

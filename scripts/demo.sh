@@ -6,10 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DS=.venv/bin/damage-smp
 EXP=${DEMO_EXPERIMENTS:-experiments/demo}
-EPOCHS=${DEMO_EPOCHS:-8}
-SAMPLES=${DEMO_SAMPLES:-96}
+EPOCHS=${DEMO_EPOCHS:-6}
+SAMPLES=${DEMO_SAMPLES:-64}
 COMMON=(--manifest data_manifest.csv --encoder tu-efficientnet_lite0 --epochs "$EPOCHS"
-        --samples-per-epoch "$SAMPLES" --crop-size 256 --batch-size 8 --lr 2e-3 --out-dir "$EXP" --seed 0)
+        --samples-per-epoch "$SAMPLES" --crop-size 256 --batch-size 8 --lr 2e-3 --warmup-iters 5 --out-dir "$EXP" --seed 0)
 
 finished() { [ -f "$1/state.json" ] && grep -q '"finished"' "$1/state.json"; }
 
@@ -43,8 +43,8 @@ mapfile -t TEST_IMAGES < "$EXP/test_images.txt"
 "$DS" predict "$EXP/lite0-imagenet-finetune" "${TEST_IMAGES[@]}" --out predictions/demo --tile 512
 
 echo "== reports"
-"$DS" report "$EXP" --out reports/demo-study.html
-"$DS" report predictions/demo --out reports/demo-predictions.html
+"$DS" report "$EXP" --out reports/demo-study.html --overwrite
+"$DS" report predictions/demo --out reports/demo-predictions.html --overwrite
 
 echo
 echo "runs:        $EXP/  (config.json, history.csv, checkpoints/, metrics.json, curves.png, samples/)"
