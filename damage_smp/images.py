@@ -7,7 +7,10 @@ A pixel limit guards against decompression bombs; ``--max-pixels`` raises it for
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -105,12 +108,33 @@ def _imread(path: Path, flags: int) -> np.ndarray:
     _check_file(path)
     # np.fromfile + imdecode handles non-ASCII paths, which cv2.imread does not on every platform
     data = np.fromfile(str(path), dtype=np.uint8)
+    if is_truncated_jpeg(data):  # OpenCV would decode a cut-off JPEG without error, grey below the cut
+        raise ImageReadError(f"{path}: truncated JPEG (its data ends mid-image); re-export or re-copy the file")
     arr = cv2.imdecode(data, flags)
     if arr is None or arr.size == 0:
         arr = _pil_fallback(path, flags)
     if arr is None:
         raise ImageReadError(f"{path}: not a readable image (corrupt, truncated or not an image); re-export it")
     return arr
+
+
+def is_truncated_jpeg(data: bytes | np.ndarray) -> bool:
+    """True for a JPEG whose image data ends early. Cheap unless the end marker is missing from the tail.
+
+    Files with data after the end marker (e.g. motion photos) lack it in the tail too, so a full decode by
+    PIL, which raises on truncation, decides.
+    """
+    data = data.tobytes() if isinstance(data, np.ndarray) else data
+    if data[:2] != b"\xff\xd8" or b"\xff\xd9" in data[-4096:]:
+        return False
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception:
+        return True
+    return False
 
 
 def _pil_fallback(path: Path, flags: int) -> np.ndarray | None:
@@ -130,20 +154,67 @@ def _pil_fallback(path: Path, flags: int) -> np.ndarray | None:
 
 
 # ------------------------------------------------------------------------------------------- writing
+class WriteError(OSError):
+    """A file that could not be written (full disk, read-only folder); the message names the file and the fix.
+
+    ``errno`` is the system's error number, ``reason`` its words (e.g. 'No space left on device'), ``target``
+    the file that was not written.
+    """
+
+    reason: str = ""
+    target: Path | None = None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temp file in the same folder, fsync, then rename: a kill never leaves half a file.
+
+    On any failure the temp file is removed and an existing ``path`` is untouched; raises WriteError.
+    """
+    with _atomic_file(Path(path)) as f:
+        f.write(data)
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy src to dst as atomic_write_bytes writes (temp file, fsync, rename), streaming: big files are fine."""
+    with open(src, "rb") as source, _atomic_file(Path(dst)) as f:
+        shutil.copyfileobj(source, f, 1 << 20)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path):
+    """A binary file whose bytes replace ``path`` only when the block ends without an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, e) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    if isinstance(e, WriteError):
+        return e
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space (or write to another disk) and run the command again"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "the folder is not writable; fix its permissions or write to another folder"
+    else:
+        fix = "check the disk and the folder, then run the command again"
+    err = WriteError(f"could not write {path} ({reason}); {fix}")
+    err.errno, err.reason, err.target = e.errno, reason, path
+    return err
 
 
 def encode_image(arr: np.ndarray, suffix: str, quality: int = 92) -> bytes:

@@ -377,7 +377,12 @@ def load_scheme(name_or_path: str | Path) -> LabelScheme:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: must hold a JSON object with a 'classes' list")
     data.setdefault("name", path.stem)
-    return LabelScheme.from_dict(data, source=str(path))
+    try:
+        return LabelScheme.from_dict(data, source=str(path))
+    except ValueError as e:  # a check inside LabelScheme names the scheme, not the file to fix
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"--labels {path}: {e}") from None
 
 
 def resolve_scheme(name_or_path: str | Path, ignore_background: bool = False) -> LabelScheme:

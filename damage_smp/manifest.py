@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageReadError, atomic_write_bytes, image_size, read_mask
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    atomic_write_bytes,
+    check_pixels,
+    is_truncated_jpeg,
+    read_mask,
+)
 from .labels import IGNORE_INDEX, LabelScheme, UnknownMaskValues
 
 SPLITS = ("train", "val", "test")
@@ -242,11 +250,7 @@ def _check_row(image: str, mask: str, scheme: LabelScheme, max_pixels: int):
     """-> (problems [(kind, message)], class counts (C+1,) or None, unknown values {value: pixels})."""
     problems, counts, unknown, size = [], None, {}, None
     try:
-        size = image_size(image)
-        if size[0] * size[1] > max_pixels:
-            raise ImageReadError(
-                f"{image}: {size[0]}x{size[1]} is above the --max-pixels limit {max_pixels}; raise --max-pixels"
-            )
+        size = check_pixels(image, max_pixels)  # header only; a bomb is refused before any decoding
         problems += _truncation(image)
     except ImageReadError as e:
         problems.append(("missing" if "not found" in str(e) else "unreadable", str(e)))
@@ -290,6 +294,8 @@ def _truncation(path: str) -> list[tuple[str, str]]:
     if suffix == ".png" and b"IEND" not in tail:
         return [("unreadable", f"{path}: truncated PNG (no end chunk); re-export or re-copy the file")]
     if suffix != ".png" and b"\xff\xd9" not in tail:
+        if is_truncated_jpeg(Path(path).read_bytes()):  # confirmed by a full decode: training would fail on it
+            return [("unreadable", f"{path}: truncated JPEG (its data ends mid-image); re-export or re-copy the file")]
         return [("truncated?", f"{path}: JPEG has no end marker (truncated?); re-export it if it looks cut off")]
     return []
 
@@ -587,7 +593,7 @@ def build_manifest(
     images_dir, masks_dir, out_csv = Path(images_dir), Path(masks_dir), Path(out_csv)
     for flag, folder in (("--images", images_dir), ("--masks", masks_dir)):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{flag} {folder}: folder not found")
+            raise FileNotFoundError(f"{flag} {folder}: folder not found; check the path")
     _refuse_overwrite([out_csv], overwrite)
     _check_fractions(val, test)
     pairs, warnings = pair_files(images_dir, masks_dir)

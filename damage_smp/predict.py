@@ -174,6 +174,8 @@ def predict(
         "tta": tta,
         "label_scheme": bundle.scheme.to_dict(),
     }
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; give a folder for the masks (it is created if missing)")
     check_previous_settings(out, settings, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if k == 1:  # one shard writes the batch-wide files, so shards never write the same file
@@ -710,7 +712,8 @@ def print_result(result: PredictResult, console: Console) -> None:
     if result.failures:
         console.print(f"[bold red]{len(result.failures)} image(s) failed[/] (also in failures.csv):")
         for path, error in result.failures:
-            console.print(f"  {escape(path)}: {escape(error)}", soft_wrap=True)
+            line = error if error.startswith(path) else f"{path}: {error}"  # most errors name their file already
+            console.print(f"  {escape(line)}", soft_wrap=True)
 
 
 __all__ = [
