@@ -180,6 +180,15 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
         shutil.copyfileobj(source, f, 1 << 20)
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 @contextlib.contextmanager
 def _atomic_file(path: Path):
     """A binary file whose bytes replace ``path`` only when the block ends without an error."""
@@ -189,6 +198,7 @@ def _atomic_file(path: Path):
     except OSError as e:
         raise _write_error(path, e) from e
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600 files; outputs get the usual umask-based mode
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -83,3 +83,12 @@ def test_pixel_limit_refuses_bombs_before_decoding(tmp_path):
     with pytest.raises(ImageReadError, match="--max-pixels"):
         read_image(tmp_path / "big.png", max_pixels=1_000_000)
     assert read_image(tmp_path / "big.png", max_pixels=20_000_000).shape == (3000, 4000, 3)
+
+
+def test_written_files_get_the_umask_mode_not_0600(tmp_path):
+    import os
+
+    write_image(tmp_path / "m.png", _gradient())
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o666 & ~mask
