@@ -1,8 +1,12 @@
 """Datasets and loaders: manifest rows -> (image, class-index mask) tensors, crops and augmentations.
 
-Each file is decoded once per process and kept in a bounded LRU cache; training crops are numpy slices of
-the cached arrays, taken *before* the albumentations pipeline so workers only transform crop-sized arrays.
-The dataset never normalises: images leave it as uint8 (3, H, W) and the model normalises them.
+Each file is decoded once and kept in a bounded in-memory LRU cache; with a ``DecodeCache`` (training uses
+one), images of a megapixel or more are decoded once into memory-mapped files on disk instead, shared by every
+worker process and every later run, and a crop reads only its own rows. ``make_loader`` decodes every
+training image once, in threads, before the loader's workers start (they inherit the arrays or maps), so the
+first epoch does not wait on decoding and no worker decodes an image another one already has. Training crops
+are numpy slices of the cached arrays, taken *before* the albumentations pipeline so workers only transform
+crop-sized arrays. The dataset never normalises: images leave it as uint8 (3, H, W) and the model does it.
 
 Randomness is a function of (seed, epoch, sample index), never of worker count or order, so a run is
 reproducible and a resumed run continues the same stream. The epoch lives in a shared-memory tensor, because
@@ -11,8 +15,11 @@ persistent loader workers hold their own copy of the dataset and would otherwise
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import time
 from collections import OrderedDict
 
 import albumentations as A
@@ -21,9 +28,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .images import DEFAULT_MAX_PIXELS, read_image, read_mask
+from .decode_cache import DecodeCache
+from .images import DEFAULT_MAX_PIXELS, check_pixels, image_size, read_image, read_mask
 from .labels import IGNORE_INDEX, LabelScheme, UnknownMaskValues
 from .manifest import count_classes, run_with_progress
+
+MAX_CACHED_ROWS = 512  # rows held per process; bounds open memory maps (file descriptors) too
 
 
 class SegmentationDataset(Dataset):
@@ -35,6 +45,9 @@ class SegmentationDataset(Dataset):
     optionally padded bottom/right to a multiple of ``pad_to``.
 
     Items: ``{"image": uint8 (3, H, W), "mask": int64 (H, W) with 255 = ignore, "index": position in rows}``.
+
+    Decoded rows live in an LRU cache of ``cache_mb`` per process; with ``decode_cache``, big images live in
+    that on-disk cache as memory maps instead (which cost this budget nothing).
     """
 
     def __init__(
@@ -49,6 +62,7 @@ class SegmentationDataset(Dataset):
         cache_mb: int = 2048,
         seed: int = 0,
         pad_to: int | None = None,
+        decode_cache: DecodeCache | None = None,
     ):
         missing = [c for c in ("image_path", "mask_path") if c not in rows.columns]
         if missing:
@@ -67,9 +81,13 @@ class SegmentationDataset(Dataset):
         self.cache_bytes = int(cache_mb) << 20
         self.seed = seed
         self.pad_to = pad_to
+        self.decode_cache = decode_cache
+        self._mask_kind = (
+            "index-" + hashlib.sha1(json.dumps(scheme.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        )
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by every worker
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._cached = 0
+        self._cached = 0  # bytes of in-memory arrays in _cache (memory maps count 0)
         self._orders: dict[tuple[int, int], np.ndarray] = {}
 
     def __getstate__(self) -> dict:
@@ -100,29 +118,56 @@ class SegmentationDataset(Dataset):
         if row in self._cache:
             self._cache.move_to_end(row)
             return self._cache[row]
+        image, index = self.decode(row)
+        self.remember(row, image, index)
+        return image, index
+
+    def decode(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row -> (image, class indices), through the disk cache when there is one; no in-memory caching, so
+        threads may call it at once (``warm_cache``)."""
         image_path, mask_path = self.images[row], self.masks[row]
-        image = read_image(image_path, self.max_pixels)
+        if self.decode_cache is None:
+            return self._checked(row, read_image(image_path, self.max_pixels), self._decode_mask(row))
+        image = self.decode_cache.get(image_path, "image", lambda: read_image(image_path, self.max_pixels))
+        if image.shape[0] * image.shape[1] > self.max_pixels:  # cached under a higher --max-pixels
+            check_pixels(image_path, self.max_pixels)  # raises the decompression-bomb message
+        index = self.decode_cache.get(mask_path, self._mask_kind, lambda: self._decode_mask(row))
+        return self._checked(row, image, index)
+
+    def _decode_mask(self, row: int) -> np.ndarray:
+        """(H, W) uint8 class indices of a row's mask file."""
+        mask_path = self.masks[row]
         raw = read_mask(mask_path, self.max_pixels)
-        if raw.shape[:2] != image.shape[:2]:
-            raise ValueError(
-                f"{image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-                f"{raw.shape[1]}x{raw.shape[0]} (width x height); masks must match their images pixel for pixel"
-            )
         try:
-            index = self.scheme.decode(raw)
+            return self.scheme.decode(raw)
         except UnknownMaskValues as e:
             raise ValueError(
                 f"{mask_path}: {e} of scheme {self.scheme.name!r}; pass the right --labels, or run "
                 "`damage-smp manifest check CSV` to list every such mask"
             ) from None
-        size = image.nbytes + index.nbytes
-        if size <= self.cache_bytes:
-            while self._cached + size > self.cache_bytes:
-                _, (old_image, old_index) = self._cache.popitem(last=False)
-                self._cached -= old_image.nbytes + old_index.nbytes
-            self._cache[row] = (image, index)
-            self._cached += size
+
+    def _checked(self, row: int, image: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if index.shape[:2] != image.shape[:2]:
+            raise ValueError(
+                f"{self.images[row]} is {image.shape[1]}x{image.shape[0]} but its mask {self.masks[row]} is "
+                f"{index.shape[1]}x{index.shape[0]} (width x height); masks must match their images pixel for pixel"
+            )
         return image, index
+
+    def remember(self, row: int, image: np.ndarray, index: np.ndarray) -> None:
+        """Keep a decoded row in the LRU cache; in-memory arrays are evicted oldest first to stay in budget."""
+        size = memory_cost(image) + memory_cost(index)
+        if size > self.cache_bytes or row in self._cache:
+            return
+        while self._cached + size > self.cache_bytes or len(self._cache) >= MAX_CACHED_ROWS:
+            _, (old_image, old_index) = self._cache.popitem(last=False)
+            self._cached -= memory_cost(old_image) + memory_cost(old_index)
+        self._cache[row] = (image, index)
+        self._cached += size
+
+    def decoded_bytes(self) -> int:
+        """Bytes of every row decoded (image + index), estimated from the files' headers."""
+        return sum(w * h * 4 for w, h in map(image_size, self.images))
 
     # ------------------------------------------------------------------------------------ items
     def __getitem__(self, index: int) -> dict:
@@ -188,6 +233,31 @@ def pad_to_multiple(image: np.ndarray, mask: np.ndarray, multiple: int) -> tuple
     return image, mask
 
 
+def memory_cost(array: np.ndarray) -> int:
+    """Bytes an array holds in this process's memory: 0 for a memory map (the page cache holds it, shared)."""
+    return 0 if isinstance(array, np.memmap) else array.nbytes
+
+
+def warm_cache(dataset: SegmentationDataset, threads: int = 2) -> float:
+    """Decode every row once, in ``threads`` threads (decoders release the GIL), into the dataset's caches.
+
+    Call it before the loader's workers start: forked workers inherit the decoded arrays and memory maps, so
+    nothing is decoded in the first epoch, nor once per worker. Rows are warmed only when they all fit the
+    in-memory budget or a disk cache holds the big ones (else warming would evict its own work). Returns the
+    seconds it took (0 when it did nothing).
+    """
+    todo = [row for row in range(len(dataset.images)) if row not in dataset._cache]
+    if not todo:
+        return 0.0
+    if dataset.decode_cache is None and dataset.decoded_bytes() > dataset.cache_bytes:
+        return 0.0
+    start = time.perf_counter()
+    decoded = run_with_progress(todo, dataset.decode, threads, f"decoding {len(todo)} training images once")
+    for row, (image, index) in zip(todo, decoded, strict=True):
+        dataset.remember(row, image, index)
+    return time.perf_counter() - start
+
+
 # ============================================================================================ transforms
 def train_transform(strength: float = 1.0) -> A.Compose:
     """Flips and 90-degree rotations always; photometric changes scaled by ``strength`` (0 = geometry only).
@@ -234,6 +304,42 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class _Loader(DataLoader):
+    """A DataLoader whose worker errors read as the worker raised them: one line, not a worker traceback."""
+
+    def __iter__(self):
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as e:
+                clean = unwrap_worker_error(e)
+                if clean is e:
+                    raise
+                raise clean from None
+            yield batch
+
+
+def unwrap_worker_error(e: BaseException) -> BaseException:
+    """torch re-raises a worker's error as the same type with the worker's whole traceback as its message
+    ("Caught X in DataLoader worker process 0. Original Traceback ..."); give back X with the original message.
+    """
+    text = str(e)
+    if not (text.startswith("Caught ") and "DataLoader worker" in text.split("\n", 1)[0]):
+        return e
+    kind = type(e)
+    for name in (f"{kind.__module__}.{kind.__qualname__}", kind.__qualname__):
+        at = text.rfind(f"\n{name}: ")
+        if at >= 0:
+            try:
+                return kind(text[at + len(name) + 3 :].strip())
+            except Exception:  # an exception type that cannot be built from one message: keep torch's
+                return e
+    return e
+
+
 def make_loader(
     dataset: SegmentationDataset,
     batch_size: int,
@@ -247,10 +353,13 @@ def make_loader(
 
     Training items are already random (a function of seed, epoch and index), so ``shuffle`` is for eval
     datasets only; under DDP pass a ``DistributedSampler(dataset, shuffle=False)``. Eval-mode items keep each
-    image's own size: batch them with ``batch_size=1`` (or tile them).
+    image's own size: batch them with ``batch_size=1`` (or tile them). A training dataset is decoded once
+    here (``warm_cache``), before the workers fork, so they start with every image decoded.
     """
     workers = resolve_workers(num_workers)
-    return DataLoader(
+    if dataset.training:
+        warm_cache(dataset, threads=max(2, workers))
+    return _Loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,

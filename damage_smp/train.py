@@ -23,7 +23,7 @@ from . import distributed as ddp
 from .config import TrainConfig, check_run_name
 from .data import SegmentationDataset, class_pixel_counts, make_loader, train_transform
 from .decode_cache import default_decode_cache
-from .images import read_image
+from .images import WriteError, read_image
 from .labels import IGNORE_INDEX, LabelScheme, resolve_scheme
 from .losses import DiceCELoss, class_weights_from_counts
 from .manifest import load_manifest, split_rows
@@ -41,6 +41,8 @@ from .plots import save_curves, save_sample
 from .runs import (
     HISTORY_FIELDS,
     RunPaths,
+    checkpoint_write_error,
+    copy_checkpoint,
     load_checkpoint,
     save_checkpoint,
     sha256_file,
@@ -82,6 +84,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console |
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     model, info = build_model(cfg, scheme.num_classes, load_weights=resume is None)
+    set_encoder_frozen(model, is_frozen(cfg, 1))  # so the trainable count in config.json is the first epoch's
     trainable, total = count_params(model)
     info = {**info, "params_total": total, "params_trainable_at_start": trainable}
     if main and resume is None:
@@ -229,10 +232,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console |
                 state = checkpoint_state(model, optimizer, scaler, step, epoch, best_score, cfg, history)
                 save_checkpoint(paths.checkpoint("last"), state)
                 if improved:
-                    shutil.copyfile(paths.checkpoint("last"), paths.checkpoints / ".best.pt.tmp")
-                    Path(paths.checkpoints / ".best.pt.tmp").replace(paths.checkpoint("best"))
+                    copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
                 if cfg.save_every and epoch % cfg.save_every == 0:
-                    shutil.copyfile(paths.checkpoint("last"), paths.checkpoint(f"epoch_{epoch:03d}"))
+                    copy_checkpoint(paths.checkpoint("last"), paths.checkpoint(f"epoch_{epoch:03d}"))
                 write_csv(paths.history, history, HISTORY_FIELDS)
                 save_curves(history, paths.curves, title=run_dir.name)
                 say(epoch_summary(history[-1], cfg.epochs, improved))
@@ -241,7 +243,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console |
                 break
     except KeyboardInterrupt:
         if main:
-            write_state(paths, "interrupted", len(history) and history[-1]["epoch"], "Ctrl-C")
+            note_state(paths, "interrupted", len(history) and history[-1]["epoch"], "Ctrl-C")
         say(f"[yellow]interrupted; continue with: damage-smp train --resume {run_dir} --epochs {cfg.epochs}[/]")
         raise
     except torch.OutOfMemoryError:
@@ -250,18 +252,24 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console |
             f"or --crop-size (and --accum-steps to keep the effective batch); {paths.checkpoint('last')} is kept"
         )
         if main:
-            write_state(paths, "failed", len(history) and history[-1]["epoch"], msg)
+            note_state(paths, "failed", len(history) and history[-1]["epoch"], msg)
         raise TrainingStopped(msg) from None
+    except WriteError as e:  # a full disk: say what is kept and how to go on (rerunning would start over)
+        if main:
+            note_state(paths, "failed", len(history) and history[-1]["epoch"], str(e))
+        if "--resume" in str(e):
+            raise
+        raise checkpoint_write_error(e.target or paths.checkpoint("last"), e, paths.checkpoint("last")) from e
     except Exception as e:
         if main:
-            write_state(paths, "failed", len(history) and history[-1]["epoch"], str(e))
+            note_state(paths, "failed", len(history) and history[-1]["epoch"], str(e))
         raise
     finally:
         ddp.barrier()
 
     if main:
         if not paths.checkpoint("best").exists():  # no validation improved (e.g. all NaN): best = last
-            shutil.copyfile(paths.checkpoint("last"), paths.checkpoint("best"))
+            copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
         save_samples(paths, val_rows, scheme, cfg, device)
         write_state(paths, "finished", history[-1]["epoch"] if history else start_epoch - 1)
     ddp.cleanup()
@@ -331,6 +339,12 @@ def write_state(paths: RunPaths, status: str, epoch: int, reason: str = "") -> N
     """state.json: running / finished / interrupted / failed, so compare can list runs that did not finish."""
     write_json(paths.state, {"status": status, "epoch": int(epoch), "reason": reason,
                              "updated": dt.datetime.now().isoformat(timespec="seconds")})  # fmt: skip
+
+
+def note_state(paths: RunPaths, status: str, epoch: int, reason: str = "") -> None:
+    """write_state on the way out of a failure: a full disk must not hide the error that stopped the run."""
+    with contextlib.suppress(OSError):
+        write_state(paths, status, epoch, reason)
 
 
 def prepare_run_dir(cfg: TrainConfig, resume: str | Path | None) -> Path:
