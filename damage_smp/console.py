@@ -62,6 +62,8 @@ def fmt(value, spec: str = ".3f") -> str:
     """A number with ``spec``, '—' for a missing one (None, NaN, inf), anything else as str."""
     if is_missing(value):
         return MISSING
-    if isinstance(value, bool) or not isinstance(value, int | float) and not hasattr(value, "__float__"):
+    if isinstance(value, bool) or not hasattr(value, "__float__"):
         return str(value)
-    return format(float(value), spec)
+    if hasattr(value, "item"):  # numpy scalars -> Python int/float, so integer specs such as ',d' work
+        value = value.item()
+    return format(value, spec)
