@@ -62,8 +62,12 @@ from damage_smp.images import read_image, read_mask, write_image  # noqa: E402
 from damage_smp.labels import load_scheme  # noqa: E402
 from damage_smp.losses import DiceCELoss  # noqa: E402
 from damage_smp.manifest import load_manifest, split_rows  # noqa: E402
-from damage_smp.models import build_model, load_bundle, param_groups, resolve_amp, set_encoder_frozen  # noqa: E402
-from damage_smp.system import git_commit, machine  # noqa: E402
+from damage_smp.models import build_model, load_bundle, param_groups, set_encoder_frozen  # noqa: E402
+from damage_smp.system import (  # noqa: E402
+    git_commit,
+    machine,
+    resolve_amp,  # noqa: E402
+)
 from damage_smp.tiling import iter_tile_batches, plan_tiles  # noqa: E402
 
 LITE0, R34 = "tu-efficientnet_lite0", "resnet34"

@@ -31,9 +31,10 @@ from .images import read_image, read_mask
 from .labels import LabelScheme, UnknownMaskValues
 from .manifest import SPLITS, group_columns, load_manifest, split_rows
 from .metrics import ConfusionMatrix, image_detection
-from .models import load_bundle, resolve_amp, resolve_device
+from .models import load_bundle
 from .plots import save_confusion_matrix
 from .runs import CheckpointError, RunPaths, read_json, read_run_config, sha256_file, write_csv, write_json
+from .system import resolve_amp, resolve_device
 from .tiling import predict_index
 
 GROUP_METRICS = ("miou", "damage_miou", "damage_iou", "damage_f1", "pixel_accuracy")

@@ -31,6 +31,7 @@ from .config import ARCHS, TrainConfig
 from .images import atomic_write_bytes
 from .labels import LabelScheme
 from .runs import CheckpointError, RunPaths, load_checkpoint, read_run_config, sha256_file
+from .system import resolve_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # 0–1 scale, the torchvision/timm default
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -568,31 +569,6 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """'auto' -> cuda if available, else cpu; a requested device that is not there -> ValueError with the fix."""
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"--device {name}: CUDA is not available here (no GPU visible, or torch "
-                f"{torch.__version__} built without CUDA); use --device cpu or --device auto"
-            )
-        device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0..); pick one of those"
-            )
-        return device
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: Apple MPS is not available here; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N") from None
-
-
 # ============================================================================================ loading runs
 @dataclass
 class ModelBundle:
@@ -641,14 +617,3 @@ def _strip_wrappers(key: str) -> str:
         while key.startswith(prefix):
             key = key[len(prefix) :]
     return key
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16/fp16 autocast on CUDA; off on CPU (bf16 autocast there is ~20x slower than fp32)."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16

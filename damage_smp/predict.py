@@ -56,9 +56,10 @@ from .images import (
     write_image,
 )
 from .labels import LabelScheme
-from .models import ModelBundle, load_bundle, resolve_amp, resolve_device
+from .models import ModelBundle, load_bundle
 from .plots import legend_image
 from .runs import read_json, write_csv, write_json
+from .system import resolve_amp, resolve_device
 from .tiling import plan_tiles, predict_index
 
 load_run = load_bundle  # the loader for a run dir: load_run(run_dir, checkpoint="best", device="cpu")

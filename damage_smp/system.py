@@ -1,4 +1,4 @@
-"""The machine a run ran on: versions, CPU/GPU, peak memory, utilisation and a rough energy figure."""
+"""The machine a run runs on: which device and precision, versions, CPU/GPU, peak memory, utilisation, energy."""
 
 from __future__ import annotations
 
@@ -110,3 +110,39 @@ def _cpu_seconds() -> float:
     """CPU seconds of this process and its finished children (loader workers count once they exit)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' -> cuda if available, else cpu; a requested device that is not there -> ValueError with the fix."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: CUDA is not available here (no GPU visible, or torch "
+                f"{torch.__version__} built without CUDA); use --device cpu or --device auto"
+            )
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0..); pick one of those"
+            )
+        return device
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N") from None
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16/fp16 autocast on CUDA; off on CPU (bf16 autocast there is ~20x slower than fp32)."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16

@@ -33,8 +33,6 @@ from .models import (
     count_params,
     encoder_param_group,
     param_groups,
-    resolve_amp,
-    resolve_device,
     set_encoder_frozen,
 )
 from .plots import save_curves, save_sample
@@ -50,7 +48,7 @@ from .runs import (
     write_json,
     write_run_config,
 )
-from .system import EnergyMeter, git_commit, machine, package_versions, peak_memory_mb
+from .system import EnergyMeter, git_commit, machine, package_versions, peak_memory_mb, resolve_amp, resolve_device
 from .tiling import predict_probs
 
 

@@ -21,10 +21,10 @@ from damage_smp.models import (
     encoder_param_group,
     load_bundle,
     param_groups,
-    resolve_device,
     set_encoder_frozen,
 )
 from damage_smp.runs import CheckpointError, RunPaths, save_checkpoint, write_run_config
+from damage_smp.system import resolve_device
 
 SCRATCH = TrainConfig(encoder="resnet18", encoder_weights="none")
 
