@@ -15,6 +15,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .console import escape
+
 app = typer.Typer(
     name="damage-smp",
     help="Find and name damage in images of analogue media, pixel by pixel (segmentation_models_pytorch).",
@@ -63,14 +65,9 @@ def user_errors(fn):
         except USER_ERRORS as e:
             if os.environ.get("DAMAGE_SMP_DEBUG"):
                 raise
-            msg = str(e).replace("[", r"\[")
-            raise fail(msg or type(e).__name__) from None
+            raise fail(escape(str(e)) or type(e).__name__) from None
 
     return wrapper
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")
 
 
 @app.callback()
@@ -101,9 +98,9 @@ def synth(
     manifest = make_sample(
         out_dir, n=n, size=parse_size(size), seed=seed, overwrite=overwrite, root_manifest=root_manifest
     )
-    extra = f" and {_escape(str(root_manifest))}" if root_manifest else ""
-    console.print(f"wrote {n} images and masks; manifest: {_escape(str(manifest))}{extra}", soft_wrap=True)
-    console.print(f"next: damage-smp manifest check {_escape(str(manifest))}", soft_wrap=True)
+    extra = f" and {escape(str(root_manifest))}" if root_manifest else ""
+    console.print(f"wrote {n} images and masks; manifest: {escape(str(manifest))}{extra}", soft_wrap=True)
+    console.print(f"next: damage-smp manifest check {escape(str(manifest))}", soft_wrap=True)
 
 
 # ============================================================================================ manifest
@@ -146,9 +143,9 @@ def manifest_build(
         leave_out=leave_out, overwrite=overwrite, max_pixels=max_pixels,
     )  # fmt: skip
     for warning in df.attrs.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {_escape(warning)}", soft_wrap=True)
-    console.print(f"wrote {_escape(str(out))}: {len(df)} pairs; {summarize(df)}", soft_wrap=True)
-    console.print(f"next: damage-smp manifest check {_escape(str(out))} --labels {_escape(labels)}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    console.print(f"wrote {escape(str(out))}: {len(df)} pairs; {summarize(df)}", soft_wrap=True)
+    console.print(f"next: damage-smp manifest check {escape(str(out))} --labels {escape(labels)}", soft_wrap=True)
 
 
 @manifest_app.command("check")
@@ -193,84 +190,66 @@ def manifest_split(
     )
     for df in written:
         for warning in df.attrs.get("warnings", []):
-            console.print(f"[yellow]warning:[/] {_escape(warning)}", soft_wrap=True)
-        console.print(f"wrote {_escape(df.attrs['manifest'])}: {summarize(df)}", soft_wrap=True)
+            console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        console.print(f"wrote {escape(df.attrs['manifest'])}: {summarize(df)}", soft_wrap=True)
 
 
 # ============================================================================================ train
+def train_options(fn):
+    """Give ``fn`` one option per TrainConfig field: name, type, help (the field's docstring) and flag from the field.
+
+    Every option defaults to None ("not given"), so a --config file's value is used unless the flag is given;
+    the field's own default is shown in --help and docs/cli.md.
+    """
+    import dataclasses
+    import inspect
+    import typing
+
+    from .config import TrainConfig, field_docs, field_types
+
+    docs, hints = field_docs(), field_types()
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        shown = f.default if f.default is not None else False
+        option = typer.Option(flag, help=docs[f.name], show_default=str(shown) if shown is not False else False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[hints[f.name] | None, option]))  # fmt: skip
+    own_hints = typing.get_type_hints(fn, include_extras=True)
+    own = [p.replace(annotation=own_hints[p.name]) for p in inspect.signature(fn).parameters.values()
+           if p.kind != inspect.Parameter.VAR_KEYWORD]  # fmt: skip
+    fn.__signature__ = inspect.Signature(own + params)
+    fn.__annotations__ = {p.name: p.annotation for p in own + params}  # Typer reads both
+    return fn
+
+
 @app.command(rich_help_panel="Training")
 @user_errors
+@train_options
 def train(
-    manifest: Annotated[str | None, typer.Option(help="Manifest CSV (default data_manifest.csv).")] = None,
-    labels: Annotated[str | None, typer.Option(help="Label scheme name or JSON file.")] = None,
-    ignore_background: Annotated[
-        bool | None, typer.Option("--ignore-background/--background-class", help="Ignore Background pixels.")
-    ] = None,
-    arch: Annotated[str | None, typer.Option(help="Architecture: unet, fpn, unetplusplus, deeplabv3plus, ...")] = None,
-    encoder: Annotated[str | None, typer.Option(help="Encoder: tu-efficientnet_lite0 (default), resnet34, ...")] = None,
-    encoder_weights: Annotated[str | None, typer.Option(help="imagenet, none, or a weights PATH.")] = None,
-    freeze_encoder: Annotated[
-        bool | None, typer.Option("--freeze-encoder/--finetune-encoder", help="Freeze the encoder (weights + BN).")
-    ] = None,
-    unfreeze_at: Annotated[int | None, typer.Option(help="Epoch from which a frozen encoder is fine-tuned.")] = None,
-    encoder_lr_mult: Annotated[float | None, typer.Option(help="Encoder lr = lr x this (e.g. 0.1).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs in total (with --resume: up to this many).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Crops per step (per process).")] = None,
-    crop_size: Annotated[int | None, typer.Option(help="Training crop size in pixels (multiple of 32).")] = None,
-    samples_per_epoch: Annotated[int | None, typer.Option(help="Random crops per epoch.")] = None,
-    train_fraction: Annotated[float | None, typer.Option(help="Seeded fraction of training images to use.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
-    schedule: Annotated[str | None, typer.Option(help="poly, cosine or constant after warmup.")] = None,
-    warmup_iters: Annotated[int | None, typer.Option(help="Linear warmup steps.")] = None,
-    accum_steps: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
-    grad_clip: Annotated[float | None, typer.Option(help="Gradient-norm clip (0: off).")] = None,
-    dice_weight: Annotated[float | None, typer.Option(help="Weight of the Dice loss term.")] = None,
-    ce_weight: Annotated[float | None, typer.Option(help="Weight of the cross-entropy term.")] = None,
-    class_weights: Annotated[str | None, typer.Option(help="none or auto (from training pixel frequencies).")] = None,
-    aug_strength: Annotated[float | None, typer.Option(help="Photometric augmentation strength 0..2.")] = None,
-    val_every: Annotated[int | None, typer.Option(help="Validate every N epochs.")] = None,
-    tile: Annotated[int | None, typer.Option(help="Validation sliding-window tile size.")] = None,
-    overlap: Annotated[float | None, typer.Option(help="Validation sliding-window overlap.")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Keep a checkpoint every N epochs (0: off).")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early stop after N validations without improvement.")] = None,
-    out_dir: Annotated[str | None, typer.Option(help="Folder for run directories (default experiments).")] = None,
-    name: Annotated[str | None, typer.Option(help="Run name (default arch-encoder-weights-frozen-seed-date).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run of the same name.")] = False,
-    resume: Annotated[Path | None, typer.Option(help="Continue this run dir up to --epochs in total.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    deterministic: Annotated[bool | None, typer.Option("--deterministic", help="Deterministic algorithms.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    num_workers: Annotated[int | None, typer.Option(help="Loader workers (-1: sized to the machine).")] = None,
-    amp: Annotated[str | None, typer.Option(help="auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16.")] = None,
-    compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the model.")] = None,
-    channels_last: Annotated[
-        bool | None, typer.Option("--channels-last/--no-channels-last", help="channels_last memory format.")
-    ] = None,
-    max_pixels: Annotated[int | None, typer.Option(help="Refuse images above this many pixels.")] = None,
-    cache_mb: Annotated[int | None, typer.Option(help="Decoded-image cache budget per process (MB).")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON or TOML file of settings; flags override it.")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue this run dir up to --epochs in total (only settings marked resumable "
+            "may change: --epochs, --device, --num-workers, --patience, --compile)."
+        ),
+    ] = None,
+    **settings,
 ) -> None:
     """Train an smp model with Dice+CE on a manifest; writes a self-describing run directory."""
-    given = {k: v for k, v in locals().items() if k not in ("config", "resume", "overwrite") and v is not None}
     from .config import TrainConfig, read_config_file
-    from .train import resumed_config
+    from .runs import resumed_config
     from .train import train as run_training
 
+    given = {name: value for name, value in settings.items() if value is not None}
     if resume is not None:
-        runtime = {k: given.pop(k) for k in ("device", "num_workers", "patience", "compile") if k in given}
-        epochs_ = given.pop("epochs", None)
-        if given:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise UserError(f"--resume continues a run with its saved settings; drop {flags} (or start a new run)")
-        cfg = resumed_config(resume, epochs_, runtime)
+        cfg = resumed_config(resume, given)
     else:
-        settings = read_config_file(config) if config else {}
-        if overwrite:
-            settings["overwrite"] = True
-        cfg = TrainConfig.from_dict({**settings, **given}, source=f"--config {config}" if config else "flags")
+        file_settings = read_config_file(config) if config else {}
+        cfg = TrainConfig.from_dict({**file_settings, **given}, source=f"--config {config}" if config else "flags")
     run_dir = run_training(cfg, resume=resume, console=console)
-    console.print(f"run directory: [bold]{run_dir}[/]")
+    console.print(f"run directory: [bold]{escape(str(run_dir))}[/]")
 
 
 # ============================================================================================ evaluate
@@ -361,7 +340,7 @@ def predict(
         if run_dir is not None or inputs:
             raise UserError("--merge-areas DIR works alone; drop RUN_DIR and INPUTS (or drop --merge-areas)")
         path, n = prediction.merge_areas(merge_areas)
-        console.print(f"merged the areas of {n} image(s) into [bold]{_escape(str(path))}[/]")
+        console.print(f"merged the areas of {n} image(s) into [bold]{escape(str(path))}[/]")
         return
     if run_dir is None or not inputs or out is None:
         raise UserError("give RUN_DIR, one or more INPUTS and --out DIR (or --merge-areas DIR)")
@@ -442,8 +421,8 @@ def report(
         console=console,
     )  # fmt: skip
     what = f"{done.n_shown} of {done.n_total} scans" if done.kind == "gallery" else f"{done.n_total} run(s)"
-    console.print(f"wrote {_escape(str(done.path))} and {_escape(str(done.files_dir))}/ ({what}, {done.seconds:.1f} s)")
-    console.print(f"open it: {_escape(done.path.resolve().as_uri())}")
+    console.print(f"wrote {escape(str(done.path))} and {escape(str(done.files_dir))}/ ({what}, {done.seconds:.1f} s)")
+    console.print(f"open it: {escape(done.path.resolve().as_uri())}")
 
 
 # ============================================================================================ bench
@@ -455,5 +434,3 @@ def main() -> None:  # pragma: no cover - console entry for python -m damage_smp
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
-__all__ = ["app", "Path"]

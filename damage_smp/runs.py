@@ -8,13 +8,15 @@ experiments/<name>/
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import io
 import json
 import math
 import os
 import pickle
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -247,3 +249,47 @@ def find_runs(root: str | Path) -> list[Path]:
             dirnames[:] = []
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("checkpoints", "samples")]
     return sorted(found)
+
+
+# ------------------------------------------------------------------------------------------ state.json
+def write_state(path: str | Path, status: str, epoch: int, reason: str = "") -> None:
+    """state.json: running / finished / interrupted / failed, with the process that writes it (stale detection)."""
+    write_json(path, {"status": status, "epoch": int(epoch), "reason": reason, "pid": os.getpid(),
+                      "host": socket.gethostname(),
+                      "updated": dt.datetime.now().isoformat(timespec="seconds")})  # fmt: skip
+
+
+def read_state(run_dir: str | Path) -> dict | None:
+    """state.json, with a "running" run whose process is gone (killed, machine restarted) shown as "killed"."""
+    path = Path(run_dir) / "state.json"
+    if not path.is_file():
+        return None
+    state = read_json(path)
+    if state.get("status") == "running" and not _alive(state.get("pid"), state.get("host")):
+        state = {**state, "status": "killed", "reason": state.get("reason") or "the training process is gone"}
+    return state
+
+
+def _alive(pid, host) -> bool:
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return True  # another machine's process (or an old state.json): cannot tell, so not stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ------------------------------------------------------------------------------------------ resuming
+def resumed_config(run_dir: str | Path, changes: dict) -> TrainConfig:
+    """The saved config of a run with the given changes, which must be fields marked resumable (epochs, device...)."""
+    from .config import resumable_fields
+
+    fixed = [k for k in changes if k not in resumable_fields()]
+    if fixed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise ValueError(f"--resume continues a run with its saved settings; drop {flags} (or start a new run)")
+    cfg, _, _ = read_run_config(run_dir)
+    return replace(cfg, **changes)

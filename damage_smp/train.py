@@ -1,6 +1,9 @@
-"""train(cfg) -> run directory. One loop, top to bottom: data, model, optimizer, epochs, validation, checkpoints.
+"""train(cfg) -> run directory. Plain functions read top to bottom: set-up, epochs of steps, validation, records.
 
-Runs on CPU, one GPU, or several under ``torchrun`` (DistributedDataParallel; rank 0 writes every file).
+``train`` calls ``setup`` (data, run directory, model, optimizer, loader; the one place resume state is
+restored), then ``train_one_epoch`` (built on ``train_step``, which benchmarks/run.py times too), ``validate`` and
+``record_epoch`` per epoch, all inside ``run_state`` (state.json says running / finished / interrupted / failed on
+every way out). Runs on CPU, one GPU, or several under ``torchrun`` (DistributedDataParallel; rank 0 writes files).
 """
 
 from __future__ import annotations
@@ -8,34 +11,29 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
-import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import distributed as ddp
-from .config import TrainConfig, check_run_name
+from .config import TrainConfig
+from .console import fmt, progress_bar
 from .data import SegmentationDataset, class_pixel_counts, make_loader, train_transform
 from .decode_cache import default_decode_cache
 from .images import WriteError, read_image
 from .labels import IGNORE_INDEX, LabelScheme, resolve_scheme
 from .losses import DiceCELoss, class_weights_from_counts
 from .manifest import load_manifest, split_rows
+from .memory import check_step_fits
 from .metrics import ConfusionMatrix
-from .models import (
-    build_model,
-    count_params,
-    encoder_param_group,
-    param_groups,
-    set_encoder_frozen,
-)
+from .models import build_model, count_params, encoder_param_group, param_groups, set_encoder_frozen
 from .plots import save_curves, save_sample
+from .rundir import RunDirClaim, claim_run_dir
 from .runs import (
     HISTORY_FIELDS,
     RunPaths,
@@ -47,6 +45,7 @@ from .runs import (
     write_csv,
     write_json,
     write_run_config,
+    write_state,
 )
 from .system import EnergyMeter, git_commit, machine, package_versions, peak_memory_mb, resolve_amp, resolve_device
 from .tiling import predict_probs
@@ -56,27 +55,106 @@ class TrainingStopped(ValueError):
     """Training ended early for a reason the user must act on (NaN loss, out of memory)."""
 
 
+@dataclass
+class Run:
+    """Everything the loop reads and changes, built once by ``setup``."""
+
+    cfg: TrainConfig
+    paths: RunPaths
+    scheme: LabelScheme
+    device: torch.device
+    model: torch.nn.Module  # the DamageModel (its state dict is what checkpoints hold)
+    net: torch.nn.Module  # what the loop calls: the model, or its DDP / torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    loss_fn: torch.nn.Module
+    dataset: SegmentationDataset
+    loader: torch.utils.data.DataLoader
+    sampler: torch.utils.data.Sampler | None
+    val_rows: pd.DataFrame
+    world: int = 1
+    rank: int = 0
+    start_epoch: int = 1
+    step: int = 0
+    total_steps: int = 1
+    best_score: float = -math.inf
+    bad_epochs: int = 0
+    frozen: bool = False
+    history: list[dict] = field(default_factory=list)
+    last_train_loss: float = math.nan
+    info: dict = field(default_factory=dict)  # model info: weights source, parameter counts (config.json "model")
+    console: Console | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def say(self, text: str) -> None:
+        if self.main and self.console is not None:
+            self.console.print(text)
+
+    @property
+    def last_epoch(self) -> int:
+        return self.history[-1]["epoch"] if self.history else self.start_epoch - 1
+
+
 # ============================================================================================ entry point
 def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console | None = None) -> Path:
     """Train a model as cfg says and return its run directory. With ``resume``, continue that run."""
-    console = console or Console()
+    run = setup(cfg, resume, console or Console())
+    with run_state(run):
+        for epoch in range(run.start_epoch, cfg.epochs + 1):
+            if run.frozen and not is_frozen(cfg, epoch):  # --unfreeze-at: fine-tune the encoder from here on
+                unfreeze(run, epoch)
+            seconds, seen, data_s, meter = train_one_epoch(run, epoch)
+            val = {"val_loss": math.nan, "val_miou": math.nan, "val_damage_miou": math.nan}
+            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+                val = validate(run.model, run.val_rows, run.scheme, run.loss_fn, cfg, run.device, run.amp_dtype,
+                               shard=(run.rank, run.world))  # fmt: skip
+            timing = {"seconds": seconds, "img_per_s": seen / seconds, "data_seconds": data_s}
+            record_epoch(run, epoch, val, timing, meter)
+            if cfg.patience and run.bad_epochs >= cfg.patience:
+                run.say(f"early stop: no improvement for {cfg.patience} validations")
+                break
+        if run.main:
+            finish(run)
+    ddp.cleanup()
+    return run.paths.root
+
+
+# ============================================================================================ set-up
+def setup(cfg: TrainConfig, resume: str | Path | None, console: Console) -> Run:
+    """Data, run directory (config.json first), model, loss, optimizer and loader; resume state restored once."""
     device = resolve_device(cfg.device)
     rank, world, local_rank = ddp.init_from_env(device.type)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    main = rank == 0
-    say = console.print if main else (lambda *a, **k: None)
-
-    # ------------------------------------------------------------------ data
     scheme = resolve_scheme(cfg.labels, cfg.ignore_background)
     manifest = load_manifest(cfg.manifest)
     train_rows = subset_rows(split_rows(manifest, "train"), cfg.train_fraction, cfg.seed)
     val_rows = split_rows(manifest, "val")
 
-    # ------------------------------------------------------------------ run directory (config.json first)
-    run_dir = ddp.broadcast(prepare_run_dir(cfg, resume) if main else None)
-    paths = RunPaths(run_dir)
+    claim = claim_run_dir(cfg, resume) if rank == 0 else None  # a new run is made in a staging folder
+    with claim_cleanup(claim):
+        where = Path(ddp.broadcast(str(claim.path) if claim is not None else None))
+        run = build_run(cfg, resume, where, scheme, train_rows, val_rows, device, (rank, world), console)
+        if claim is not None:
+            run.paths = RunPaths(claim.commit())  # the staging folder takes the run's name (old run, if any, goes)
+    run.paths = RunPaths(Path(ddp.broadcast(str(run.paths.root))))
+    run.say(
+        f"[bold]{run.paths.root}[/]  {cfg.arch}/{cfg.encoder} weights={run.info['weights_source']} "
+        f"{'frozen encoder' if run.frozen else 'fine-tuning'}  train={len(train_rows)} val={len(val_rows)} images  "
+        f"{run.info['params_trainable_at_start'] / 1e6:.2f}M/{run.info['params_total'] / 1e6:.2f}M trainable params"
+        f"  device={device}" + (f" x{world}" if world > 1 else "")
+    )
+    return run
+
+
+def build_run(cfg, resume, where: Path, scheme, train_rows, val_rows, device, shard, console) -> Run:
+    """The model and everything around it in ``where``; a new run gets config.json, env.json, a first checkpoint."""
+    paths = RunPaths(where)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if cfg.deterministic:
@@ -85,196 +163,238 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console |
     set_encoder_frozen(model, is_frozen(cfg, 1))  # so the trainable count in config.json is the first epoch's
     trainable, total = count_params(model)
     info = {**info, "params_total": total, "params_trainable_at_start": trainable}
-    if main and resume is None:
-        write_run_config(run_dir, cfg, scheme, info)
-        write_json(paths.env, environment(cfg, device, info, world))
-    for msg in info.get("messages", []):
-        say(f"[yellow]{msg}[/]")
-
-    # ------------------------------------------------------------------ loss
-    class_weights = None
-    if cfg.class_weights == "auto":
-        counts = class_pixel_counts(train_rows, scheme, max_pixels=cfg.max_pixels)
-        class_weights = class_weights_from_counts(counts)
-    loss_fn = DiceCELoss(scheme.num_classes, cfg.dice_weight, cfg.ce_weight, class_weights).to(device)
-
-    # ------------------------------------------------------------------ resume state
-    start_epoch, best_score, history, ckpt = 1, -math.inf, [], None
-    if resume is not None:
-        ckpt = load_checkpoint(paths.checkpoint("last"), map_location="cpu")
-        model.load_state_dict(ckpt["model"])
-        start_epoch, best_score = ckpt["epoch"] + 1, ckpt["best_score"]
-        history = list(ckpt["history"])  # from the checkpoint: history.csv may be one epoch behind after a kill
-        if start_epoch > cfg.epochs:
-            raise ValueError(f"--resume {run_dir}: already trained {ckpt['epoch']} epochs; give --epochs > that")
-
-    # ------------------------------------------------------------------ model, optimizer, schedule
+    if shard[0] == 0 and resume is None:
+        write_run_config(paths.root, cfg, scheme, info)
+        write_json(paths.env, environment(cfg, device, info, shard[1]))
+    for msg in info.get("messages", []) if shard[0] == 0 else []:
+        console.print(f"[yellow]{msg}[/]")
+    ckpt = load_checkpoint(paths.checkpoint("last"), map_location="cpu") if resume is not None else None
+    start_epoch = ckpt["epoch"] + 1 if ckpt is not None else 1
+    if start_epoch > cfg.epochs:
+        raise ValueError(f"--resume {paths.root}: already trained {ckpt['epoch']} epochs; give --epochs > that")
     # the optimizer must have the param groups it had when the checkpoint was saved (encoder group or not)
     frozen = is_frozen(cfg, max(1, start_epoch - 1))
     set_encoder_frozen(model, frozen)
+    check_step_fits(model, cfg, scheme.num_classes, device)  # refuse a crop/batch that cannot fit, with numbers
+    run = assemble(cfg, paths, scheme, device, model, frozen, train_rows, val_rows, shard, console)
+    run.info, run.start_epoch = info, start_epoch
+    if ckpt is not None:
+        restore(run, ckpt)
+    elif shard[0] == 0:  # a resumable checkpoint from the start: Ctrl-C in epoch 1 loses nothing
+        save_checkpoint(paths.checkpoint("last"), checkpoint_state(run, epoch=0))
+    return run
+
+
+def assemble(cfg, paths, scheme, device, model, frozen, train_rows, val_rows, shard, console) -> Run:
+    """Loss, optimizer, scaler, dataset and loader around a built model (no state restored yet)."""
+    rank, world = shard
+    class_weights = None
+    if cfg.class_weights == "auto":
+        class_weights = class_weights_from_counts(class_pixel_counts(train_rows, scheme, max_pixels=cfg.max_pixels))
+    loss_fn = DiceCELoss(scheme.num_classes, cfg.dice_weight, cfg.ce_weight, class_weights).to(device)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, frozen))
-    amp_dtype = resolve_amp(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
-    train_model = wrap_model(model, cfg, device, world)
-
+    amp_dtype = resolve_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     dataset = SegmentationDataset(train_rows, scheme, crop_size=cfg.crop_size, samples_per_epoch=cfg.samples_per_epoch,
                                   transform=train_transform(cfg.aug_strength), max_pixels=cfg.max_pixels,
                                   cache_mb=cfg.cache_mb, seed=cfg.seed,
                                   decode_cache=default_decode_cache())  # fmt: skip
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False) if world > 1 else None
-    drop_last = len(dataset) >= cfg.batch_size * world
-    loader = make_loader(dataset, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                         device_type=device.type, sampler=sampler, drop_last=drop_last)  # fmt: skip
-    steps_per_epoch = max(1, len(loader) // cfg.accum_steps)
-    total_steps = steps_per_epoch * cfg.epochs
-    step = ckpt["scheduler"]["step"] if ckpt is not None else 0
+    loader = make_loader(dataset, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, device_type=device.type,
+                         sampler=sampler, drop_last=len(dataset) >= cfg.batch_size * world)  # fmt: skip
+    total_steps = max(1, len(loader) // cfg.accum_steps) * cfg.epochs
+    net = wrap_model(model, cfg, device, world)
+    return Run(cfg=cfg, paths=paths, scheme=scheme, device=device, model=model, net=net, optimizer=optimizer,
+               scaler=scaler, amp_dtype=amp_dtype, loss_fn=loss_fn, dataset=dataset, loader=loader, sampler=sampler,
+               val_rows=val_rows, world=world, rank=rank, total_steps=total_steps, frozen=frozen,
+               console=console)  # fmt: skip
 
-    if main and resume is None:  # a resumable checkpoint from the start: Ctrl-C in epoch 1 loses nothing
-        save_checkpoint(
-            paths.checkpoint("last"), checkpoint_state(model, optimizer, scaler, step, 0, best_score, cfg, [])
-        )
-    say(
-        f"[bold]{run_dir}[/]  {cfg.arch}/{cfg.encoder} weights={info['weights_source']} "
-        f"{'frozen encoder' if frozen else 'fine-tuning'}  train={len(train_rows)} val={len(val_rows)} images  "
-        f"{trainable / 1e6:.2f}M/{total / 1e6:.2f}M trainable params  device={device}"
-        + (f" x{world}" if world > 1 else "")
-    )
 
-    # ============================================================================ the loop
-    bad_epochs = 0
-    if main:
-        write_state(paths, "running", start_epoch - 1)
+def restore(run: Run, ckpt: dict) -> None:
+    """The one place resume state comes back: weights, optimizer, scaler, schedule step, score, history, RNG."""
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.step, run.best_score = ckpt["scheduler"]["step"], ckpt["best_score"]
+    run.history = list(ckpt["history"])  # from the checkpoint: history.csv may be one epoch behind after a kill
+    set_rng_state(ckpt["rng"])
+
+
+@contextlib.contextmanager
+def claim_cleanup(claim: RunDirClaim | None):
+    """A new run that fails before its first checkpoint leaves nothing behind (its staging folder goes)."""
     try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            if frozen and not is_frozen(cfg, epoch):  # --unfreeze-at: fine-tune the encoder from here on
-                frozen = False
-                set_encoder_frozen(model, False)
-                group = encoder_param_group(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
-                optimizer.add_param_group({**group, "base_lr": group["lr"]})
-                train_model = wrap_model(model, cfg, device, world)  # DDP must see the new trainable params
-                say(f"epoch {epoch}: encoder unfrozen (lr x {cfg.encoder_lr_mult:g})")
-            dataset.set_epoch(epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            meter = EnergyMeter(device)
-            train_model.train()
-            t0, data_s, seen, loss_sum, n_batches = time.perf_counter(), 0.0, 0, 0.0, 0
-            with progress_bar(main) as bar:
-                task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(loader), loss=float("nan"))
-                t_data = time.perf_counter()
-                for i, batch in enumerate(loader):
-                    images = batch["image"].to(device, non_blocking=True)  # (N, 3, H, W) uint8
-                    masks = batch["mask"].to(device, non_blocking=True)  # (N, H, W) long, 255 = ignore
-                    if cfg.channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    data_s += time.perf_counter() - t_data
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        logits = train_model(images)  # (N, C, H, W)
-                        loss = loss_fn(logits.float(), masks)
-                    if not torch.isfinite(loss):
-                        raise TrainingStopped(
-                            f"loss became {loss.item()} at epoch {epoch}, batch {i + 1}; training stopped and "
-                            f"{paths.checkpoint('last')} (epoch {epoch - 1}) was kept. Try a lower --lr, "
-                            "--amp off, or check the data with `damage-smp manifest check`"
-                        )
-                    scaler.scale(loss / cfg.accum_steps).backward()
-                    if (i + 1) % cfg.accum_steps == 0 or i + 1 == len(loader):
-                        set_lr(optimizer, lr_factor(step, total_steps, cfg.warmup_iters, cfg.schedule))
-                        if cfg.grad_clip > 0:
-                            scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                        scaler.step(optimizer)
-                        scaler.update()
-                        optimizer.zero_grad(set_to_none=True)
-                        step += 1
-                    loss_sum += loss.item()
-                    n_batches += 1
-                    seen += images.shape[0]
-                    if i % 10 == 0:
-                        meter.sample()
-                    bar.update(task, advance=1, loss=loss_sum / n_batches)
-                    t_data = time.perf_counter()
-            seconds = time.perf_counter() - t0
-            train_loss = reduce_mean(loss_sum, n_batches, device)
-            seen = int(ddp.all_reduce_sum(torch.tensor([seen], device=device)).item())
+        yield
+    except BaseException:
+        if claim is not None:
+            claim.abandon()
+        raise
 
-            # ---------------------------------------------------------------- validation
-            val = {"val_loss": math.nan, "val_miou": math.nan, "val_damage_miou": math.nan}
-            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-                val = validate(model, val_rows, scheme, loss_fn, cfg, device, amp_dtype, shard=(rank, world))
-            score = val["val_damage_miou"] if not math.isnan(val["val_damage_miou"]) else val["val_miou"]
 
-            # ---------------------------------------------------------------- bookkeeping (rank 0 writes)
-            history.append({
-                "epoch": epoch, "train_loss": train_loss, **val, "lr": optimizer.param_groups[0]["lr"],
-                "seconds": seconds, "img_per_s": seen / seconds, "data_seconds": data_s,
-                "peak_mem_mb": peak_memory_mb(device), **meter.result(), "frozen": frozen,
-            })  # fmt: skip
-            improved = not math.isnan(score) and score > best_score
-            if improved:
-                best_score, bad_epochs = score, 0
-            elif not math.isnan(score):
-                bad_epochs += 1
-            if main:
-                state = checkpoint_state(model, optimizer, scaler, step, epoch, best_score, cfg, history)
-                save_checkpoint(paths.checkpoint("last"), state)
-                if improved:
-                    copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
-                if cfg.save_every and epoch % cfg.save_every == 0:
-                    copy_checkpoint(paths.checkpoint("last"), paths.checkpoint(f"epoch_{epoch:03d}"))
-                write_csv(paths.history, history, HISTORY_FIELDS)
-                save_curves(history, paths.curves, title=run_dir.name)
-                say(epoch_summary(history[-1], cfg.epochs, improved))
-            if cfg.patience and bad_epochs >= cfg.patience:
-                say(f"early stop: no improvement for {cfg.patience} validations")
-                break
+# ============================================================================================ the loop
+def train_one_epoch(run: Run, epoch: int) -> tuple[float, int, float, EnergyMeter]:
+    """One pass over the epoch's random crops: (seconds, images seen on all ranks, data seconds, energy meter)."""
+    cfg = run.cfg
+    run.dataset.set_epoch(epoch)
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    meter = EnergyMeter(run.device)
+    run.net.train()
+    t0, data_s, seen, loss_sum, n = time.perf_counter(), 0.0, 0, 0.0, 0
+    with progress_bar(run.console, enabled=run.main, fields="loss {task.fields[loss]:.4f}", elapsed=False) as bar:
+        task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(run.loader), loss=float("nan"))
+        t_data = time.perf_counter()
+        for i, batch in enumerate(run.loader):
+            images, masks = to_device(batch, run.device, cfg.channels_last)
+            data_s += time.perf_counter() - t_data
+            update = (i + 1) % cfg.accum_steps == 0 or i + 1 == len(run.loader)
+            if update:
+                set_lr(run.optimizer, lr_factor(run.step, run.total_steps, cfg.warmup_iters, cfg.schedule))
+            loss = train_step(run.model, run.net, run.optimizer, run.scaler, run.loss_fn, images, masks,
+                              amp_dtype=run.amp_dtype, accum_steps=cfg.accum_steps, grad_clip=cfg.grad_clip,
+                              update=update)  # fmt: skip
+            if not math.isfinite(loss):
+                raise TrainingStopped(
+                    f"loss became {loss} at epoch {epoch}, batch {i + 1}; training stopped and "
+                    f"{run.paths.checkpoint('last')} (epoch {epoch - 1}) was kept. Try a lower --lr, "
+                    "--amp off, or check the data with `damage-smp manifest check`"
+                )
+            run.step += update
+            loss_sum, n, seen = loss_sum + loss, n + 1, seen + images.shape[0]
+            if i % 10 == 0:
+                meter.sample()
+            bar.update(task, advance=1, loss=loss_sum / n)
+            t_data = time.perf_counter()
+    run.last_train_loss = reduce_mean(loss_sum, n, run.device)
+    seen = int(ddp.all_reduce_sum(torch.tensor([seen], device=run.device)).item())
+    return time.perf_counter() - t0, seen, data_s, meter
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images = batch["image"].to(device, non_blocking=True)  # (N, 3, H, W) uint8
+    masks = batch["mask"].to(device, non_blocking=True)  # (N, H, W) long, 255 = ignore
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks
+
+
+def train_step(model, net, optimizer, scaler, loss_fn, images, masks, *, amp_dtype=None, accum_steps: int = 1,
+               grad_clip: float = 0.0, update: bool = True) -> float:  # fmt: skip
+    """One batch: forward under autocast (CUDA), loss in fp32, scaled backward; with ``update``, clip and step.
+
+    ``model`` is the DamageModel (whose parameters are clipped), ``net`` what is called (it or its wrapper).
+    Returns the batch loss as a float (NaN/inf are the caller's to handle; nothing was stepped on them
+    only if the caller checks before the next update — GradScaler skips non-finite fp16 steps itself).
+    """
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = net(images)  # (N, C, H, W)
+        loss = loss_fn(logits.float(), masks)
+    value = loss.item()
+    if not math.isfinite(value):
+        return value
+    scaler.scale(loss / accum_steps).backward()
+    if update:
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    return value
+
+
+def unfreeze(run: Run, epoch: int) -> None:
+    """--unfreeze-at: the encoder joins the optimizer (its own lr) and DDP sees the new trainable params."""
+    cfg = run.cfg
+    run.frozen = False
+    set_encoder_frozen(run.model, False)
+    group = encoder_param_group(run.model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
+    run.optimizer.add_param_group({**group, "base_lr": group["lr"]})
+    run.net = wrap_model(run.model, cfg, run.device, run.world)
+    run.say(f"epoch {epoch}: encoder unfrozen (lr x {cfg.encoder_lr_mult:g})")
+
+
+def record_epoch(run: Run, epoch: int, val: dict, timing: dict, meter: EnergyMeter) -> None:
+    """History row, best score and patience; rank 0 writes last.pt (best.pt when improved), history.csv, curves."""
+    score = val["val_damage_miou"] if not math.isnan(val["val_damage_miou"]) else val["val_miou"]
+    run.history.append({
+        "epoch": epoch, "train_loss": run.last_train_loss, **val, "lr": run.optimizer.param_groups[0]["lr"],
+        **timing, "peak_mem_mb": peak_memory_mb(run.device), **meter.result(), "frozen": run.frozen,
+    })  # fmt: skip
+    improved = not math.isnan(score) and score > run.best_score
+    if improved:
+        run.best_score, run.bad_epochs = score, 0
+    elif not math.isnan(score):
+        run.bad_epochs += 1
+    if not run.main:
+        return
+    paths = run.paths
+    save_checkpoint(paths.checkpoint("last"), checkpoint_state(run, epoch))
+    if improved:
+        copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
+    if run.cfg.save_every and epoch % run.cfg.save_every == 0:
+        copy_checkpoint(paths.checkpoint("last"), paths.checkpoint(f"epoch_{epoch:03d}"))
+    write_csv(paths.history, run.history, HISTORY_FIELDS)
+    save_curves(run.history, paths.curves, title=paths.root.name)
+    run.say(epoch_summary(run.history[-1], run.cfg.epochs, improved))
+
+
+def finish(run: Run) -> None:
+    """best.pt exists (= last when no validation improved), sample overlays, state.json says finished."""
+    paths = run.paths
+    if not paths.checkpoint("best").exists():
+        copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
+    save_samples(paths, run.val_rows, run.scheme, run.cfg, run.device)
+    write_state(paths.state, "finished", run.last_epoch)
+
+
+@contextlib.contextmanager
+def run_state(run: Run):
+    """state.json says running while the loop runs, and why it stopped on every way out; errors say what is kept."""
+    if run.main:
+        write_state(run.paths.state, "running", run.start_epoch - 1)
+    last = run.paths.checkpoint("last")
+    try:
+        yield
     except KeyboardInterrupt:
-        if main:
-            note_state(paths, "interrupted", len(history) and history[-1]["epoch"], "Ctrl-C")
-        say(f"[yellow]interrupted; continue with: damage-smp train --resume {run_dir} --epochs {cfg.epochs}[/]")
+        note_state(run, "interrupted", "Ctrl-C")
+        run.say(f"[yellow]interrupted; continue with: damage-smp train --resume {run.paths.root} "
+                f"--epochs {run.cfg.epochs}[/]")  # fmt: skip
         raise
     except torch.OutOfMemoryError:
         msg = (
-            f"out of memory at batch size {cfg.batch_size}, crop {cfg.crop_size}; use a smaller --batch-size "
-            f"or --crop-size (and --accum-steps to keep the effective batch); {paths.checkpoint('last')} is kept"
+            f"out of memory at batch size {run.cfg.batch_size}, crop {run.cfg.crop_size}; use a smaller --batch-size "
+            f"or --crop-size (and --accum-steps to keep the effective batch); {last} is kept"
         )
-        if main:
-            note_state(paths, "failed", len(history) and history[-1]["epoch"], msg)
+        note_state(run, "failed", msg)
         raise TrainingStopped(msg) from None
     except WriteError as e:  # a full disk: say what is kept and how to go on (rerunning would start over)
-        if main:
-            note_state(paths, "failed", len(history) and history[-1]["epoch"], str(e))
+        note_state(run, "failed", str(e))
         if "--resume" in str(e):
             raise
-        raise checkpoint_write_error(e.target or paths.checkpoint("last"), e, paths.checkpoint("last")) from e
+        raise checkpoint_write_error(e.target or last, e, last) from e
     except Exception as e:
-        if main:
-            note_state(paths, "failed", len(history) and history[-1]["epoch"], str(e))
+        note_state(run, "failed", str(e))
         raise
     finally:
         ddp.barrier()
 
-    if main:
-        if not paths.checkpoint("best").exists():  # no validation improved (e.g. all NaN): best = last
-            copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
-        save_samples(paths, val_rows, scheme, cfg, device)
-        write_state(paths, "finished", history[-1]["epoch"] if history else start_epoch - 1)
-    ddp.cleanup()
-    return run_dir
+
+def note_state(run: Run, status: str, reason: str) -> None:
+    """state.json on the way out of a failure: a full disk must not hide the error that stopped the run."""
+    if run.main:
+        with contextlib.suppress(OSError):
+            write_state(run.paths.state, status, run.last_epoch, reason)
 
 
-# ============================================================================================ pieces
+# ============================================================================================ validation
 def validate(model, rows: pd.DataFrame, scheme: LabelScheme, loss_fn, cfg: TrainConfig, device, amp_dtype,
              shard: tuple[int, int] = (0, 1)) -> dict:  # fmt: skip
     """Whole val images by sliding window: loss on the blended probabilities, confusion-matrix mIoU."""
@@ -284,7 +404,7 @@ def validate(model, rows: pd.DataFrame, scheme: LabelScheme, loss_fn, cfg: Train
     rank, world = shard
     for row in rows.iloc[rank::world].itertuples():
         image = read_image(row.image_path, cfg.max_pixels)
-        target = load_target(row.mask_path, scheme, cfg.max_pixels)
+        target = torch.from_numpy(load_target(row.mask_path, scheme, cfg.max_pixels)).long()
         probs = predict_probs(
             model,
             image,
@@ -294,14 +414,13 @@ def validate(model, rows: pd.DataFrame, scheme: LabelScheme, loss_fn, cfg: Train
             batch_size=cfg.batch_size,
             device=device,
             amp_dtype=amp_dtype,
-        )  # (C, H, W)
-        target_t = torch.from_numpy(target).long()
+        )  # fmt: skip  (C, H, W)
         with torch.no_grad():  # log-probabilities as logits: CE and Dice of the blended prediction
-            loss = loss_fn(probs.clamp_min(1e-8).log()[None], target_t[None].to(probs.device))
-        if torch.isfinite(loss) and (target_t != IGNORE_INDEX).any():
+            loss = loss_fn(probs.clamp_min(1e-8).log()[None], target[None].to(probs.device))
+        if torch.isfinite(loss) and (target != IGNORE_INDEX).any():
             loss_sum[0] += loss.item()
             n += 1
-        cm.update(probs.argmax(0).cpu(), target_t)
+        cm.update(probs.argmax(0).cpu(), target)
     loss_sum[1] = n
     ddp.all_reduce_sum(loss_sum)
     cm.all_reduce()
@@ -333,39 +452,7 @@ def save_samples(paths: RunPaths, rows: pd.DataFrame, scheme: LabelScheme, cfg: 
         save_sample(paths.samples / f"{Path(row.image_path).stem}.jpg", image, pred, target, scheme)
 
 
-def write_state(paths: RunPaths, status: str, epoch: int, reason: str = "") -> None:
-    """state.json: running / finished / interrupted / failed, so compare can list runs that did not finish."""
-    write_json(paths.state, {"status": status, "epoch": int(epoch), "reason": reason,
-                             "updated": dt.datetime.now().isoformat(timespec="seconds")})  # fmt: skip
-
-
-def note_state(paths: RunPaths, status: str, epoch: int, reason: str = "") -> None:
-    """write_state on the way out of a failure: a full disk must not hide the error that stopped the run."""
-    with contextlib.suppress(OSError):
-        write_state(paths, status, epoch, reason)
-
-
-def prepare_run_dir(cfg: TrainConfig, resume: str | Path | None) -> Path:
-    """The run directory: the one to resume, or a new one that must not exist (unless --overwrite)."""
-    if resume is not None:
-        run_dir = Path(resume)
-        if not RunPaths(run_dir).checkpoint("last").is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no checkpoints/last.pt there; nothing to resume")
-        return run_dir
-    name = cfg.name or cfg.auto_name(dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    check_run_name(name)
-    run_dir = Path(cfg.out_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not cfg.overwrite:
-            raise FileExistsError(
-                f"{run_dir} already exists; choose another --name, continue it with --resume {run_dir}, "
-                "or replace it with --overwrite"
-            )
-        shutil.rmtree(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
+# ============================================================================================ small pieces
 def subset_rows(rows: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
     """A seeded subset of the training images (--train-fraction); smaller fractions are nested in larger."""
     if fraction >= 1:
@@ -405,16 +492,16 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
         group["lr"] = group["base_lr"] * factor
 
 
-def checkpoint_state(model, optimizer, scaler, step, epoch: int, best: float, cfg: TrainConfig, history) -> dict:
+def checkpoint_state(run: Run, epoch: int) -> dict:
     return {
-        "history": history,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": {"step": step},
-        "scaler": scaler.state_dict(),
+        "history": run.history,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": {"step": run.step},
+        "scaler": run.scaler.state_dict(),
         "epoch": epoch,
-        "best_score": best,
-        "config": cfg.to_dict(),
+        "best_score": run.best_score,
+        "config": run.cfg.to_dict(),
         "rng": get_rng_state(),
     }
 
@@ -455,39 +542,9 @@ def environment(cfg: TrainConfig, device: torch.device, info: dict, world: int) 
 
 
 def epoch_summary(row: dict, epochs: int, improved: bool) -> str:
-    def f(v, spec=".4f"):
-        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
+    f = fmt
     return (
-        f"epoch {row['epoch']}/{epochs}  loss {f(row['train_loss'])}  val loss {f(row['val_loss'])}  "
-        f"mIoU {f(row['val_miou'])}  damage mIoU {f(row['val_damage_miou'])}{' *' if improved else ''}  "
-        f"{row['img_per_s']:.1f} img/s  {row['seconds']:.0f}s  peak {row['peak_mem_mb']:.0f} MB"
+        f"epoch {row['epoch']}/{epochs}  loss {f(row['train_loss'], '.4f')}  val loss {f(row['val_loss'], '.4f')}  "
+        f"mIoU {f(row['val_miou'], '.4f')}  damage mIoU {f(row['val_damage_miou'], '.4f')}{' *' if improved else ''}"
+        f"  {row['img_per_s']:.1f} img/s  {row['seconds']:.0f}s  peak {row['peak_mem_mb']:.0f} MB"
     )
-
-
-def progress_bar(enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext(_NoBar())
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeRemainingColumn(), transient=True,
-    )  # fmt: skip
-
-
-class _NoBar:
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
-
-
-def resumed_config(run_dir: str | Path, epochs: int | None, overrides: dict) -> TrainConfig:
-    """The saved config of a run, with a new epoch total and run-time-only settings (device, workers)."""
-    from .runs import read_run_config
-
-    cfg, _, _ = read_run_config(run_dir)
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    if epochs is not None:
-        changes["epochs"] = epochs
-    return replace(cfg, **changes)

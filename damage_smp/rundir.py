@@ -1,0 +1,152 @@
+"""Folders damage-smp makes in places a user names: recognise them, replace them safely, never lose anything.
+
+The policy of every command that writes into a user-named place: refuse what damage-smp did not write; replace
+what it did only with ``--overwrite``; never delete the old before the new exists (make new, then swap).
+
+A new training run is made in a hidden staging folder beside its final place (``OUT/.NAME.partial``) and takes
+its name only once set-up succeeded and its first checkpoint is on disk (``RunDirClaim.commit``); a run that
+fails in set-up leaves nothing behind (``abandon``), and a run it replaces is removed only after the swap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainConfig, check_run_name
+
+MARKERS = {  # file that identifies each kind of folder damage-smp writes
+    "run": "config.json",
+    "predict": "predict.json",
+    "compare": "compare.json",
+    "pseudo": "pseudo.json",
+}
+
+
+def kind_of(path: Path) -> str | None:
+    """'run', 'predict', ... when damage-smp made this folder (its marker file says so), else None."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return None
+    for kind, marker in MARKERS.items():
+        file = path / marker
+        if file.is_file() and _is_ours(file, kind):
+            return kind
+    return None
+
+
+def _is_ours(file: Path, kind: str) -> bool:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    return "config_version" in data and "train" in data if kind == "run" else True
+
+
+def remove_ours(path: Path, kind: str) -> None:
+    """Delete a folder damage-smp made (checked first); anything else is refused, never deleted."""
+    if kind_of(path) != kind and not _is_staging(path):
+        raise ValueError(f"{path}: not a {kind} folder made by damage-smp; it was not deleted")
+    shutil.rmtree(path)
+
+
+def swap_into_place(new: Path, target: Path, kind: str) -> Path:
+    """Rename ``new`` to ``target``; an existing ``target`` (made by damage-smp) is removed only afterwards."""
+    old = None
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        target.rmdir()  # an empty folder holds nothing to keep
+    if target.exists():
+        if kind_of(target) != kind:
+            raise ValueError(f"{target}: exists and was not made by damage-smp; move it away or choose another name")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    try:
+        new.rename(target)
+    except OSError:
+        if old is not None:
+            old.rename(target)  # put the old one back: the user keeps what they had
+        raise
+    if old is not None:
+        shutil.rmtree(old)  # our own renamed run (checked above)
+    return target
+
+
+# ============================================================================================ training runs
+STAGING_MARK = ".damage-smp-staging"
+
+
+def _is_staging(path: Path) -> bool:
+    return (Path(path) / STAGING_MARK).is_file()
+
+
+@dataclass
+class RunDirClaim:
+    """Where a run is being made (``path``) and where it will live (``target``); the same folder on resume."""
+
+    target: Path
+    path: Path
+
+    def commit(self) -> Path:
+        """The staging folder takes the run's name; a run it replaces goes only now."""
+        if self.path == self.target:
+            return self.target
+        (self.path / STAGING_MARK).unlink()
+        return swap_into_place(self.path, self.target, "run")
+
+    def abandon(self) -> None:
+        """Set-up failed: remove the staging folder (never the target, never a resumed run)."""
+        if self.path != self.target and _is_staging(self.path):
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def claim_run_dir(cfg: TrainConfig, resume: str | Path | None) -> RunDirClaim:
+    """The run to resume, or a staging folder for a new run whose name is free, replaceable or --overwrite'n."""
+    if resume is not None:
+        check_resumable(Path(resume))
+        return RunDirClaim(Path(resume), Path(resume))
+    name = cfg.name or cfg.auto_name(dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    check_run_name(name)
+    target = Path(cfg.out_dir) / name
+    check_target(target, cfg.overwrite)
+    staging = target.with_name(f".{name}.partial")
+    if staging.exists():  # left by a set-up that was killed (a live one would have finished in seconds)
+        if not _is_staging(staging):
+            raise ValueError(f"{staging}: exists and was not made by damage-smp; move it away or choose another --name")
+        shutil.rmtree(staging)
+    (staging / "checkpoints").mkdir(parents=True)
+    (staging / STAGING_MARK).write_text(f"{os.getpid()}\n", encoding="utf-8")
+    return RunDirClaim(target, staging)
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    """A new run's place must be free, a run that never got a checkpoint, or a run replaced with --overwrite."""
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return
+    if kind_of(target) != "run":
+        raise FileExistsError(
+            f"{target} exists and is not a damage-smp run directory; it is never replaced (not even with "
+            "--overwrite): choose another --name or --out-dir, or move it away"
+        )
+    if not (target / "checkpoints" / "last.pt").is_file():
+        return  # a run that failed before its first checkpoint holds nothing to keep: replaced
+    if not overwrite:
+        raise FileExistsError(
+            f"{target} already exists; choose another --name, continue it with --resume {target}, "
+            "or replace it with --overwrite (the old run is removed only once the new one has started)"
+        )
+
+
+def check_resumable(run_dir: Path) -> None:
+    if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        hint = (
+            "it failed before its first checkpoint: start it again without --resume (same --name)"
+            if kind_of(run_dir) == "run"
+            else "give a run directory made by `damage-smp train`"
+        )
+        raise FileNotFoundError(f"--resume {run_dir}: no checkpoints/last.pt there, nothing to resume; {hint}")
