@@ -69,6 +69,7 @@ from damage_smp.system import (  # noqa: E402
     resolve_amp,  # noqa: E402
 )
 from damage_smp.tiling import iter_tile_batches, plan_tiles  # noqa: E402
+from damage_smp.train import train_step  # noqa: E402
 
 LITE0, R34 = "tu-efficientnet_lite0", "resnet34"
 SCHEME = load_scheme("artefact")
@@ -181,9 +182,9 @@ def step_configs(s: Settings) -> dict[str, tuple[str, bool, bool, str]]:
 
 
 def make_step(encoder: str, channels_last: bool, frozen: bool, s: Settings, amp: str = "off"):
-    """A closure running one raw training step (what train's loop does minus data, logging and bookkeeping):
-    forward under autocast (``amp``: off, auto, bf16, fp16; CUDA only), loss in fp32, backward (scaled for
-    fp16), clip, AdamW."""
+    """A closure running one training step, ``train.train_step`` (what train's loop does minus data, logging and
+    bookkeeping): forward under autocast (``amp``: off, auto, bf16, fp16; CUDA only), loss in fp32, backward
+    (scaled for fp16), clip, AdamW."""
     device = torch.device(s.device)
     cfg = TrainConfig(encoder=encoder, encoder_weights="none", crop_size=s.crop, batch_size=s.batch,
                       channels_last=channels_last, amp=amp)  # fmt: skip
@@ -216,16 +217,7 @@ def make_step(encoder: str, channels_last: bool, frozen: bool, s: Settings, amp:
             y = batch["mask"].to(device, non_blocking=True)  # (N, H, W) int64, 255 = ignore
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)  # (N, C, H, W)
-            loss = loss_fn(logits.float(), y)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()
+        train_step(model, model, optimizer, scaler, loss_fn, x, y, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip)
         sync(device)
         return time.perf_counter() - start
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig, check_run_name
+from .images import atomic_write_bytes
 
 MARKERS = {  # file that identifies each kind of folder damage-smp writes
     "run": "config.json",
@@ -120,7 +121,7 @@ def claim_run_dir(cfg: TrainConfig, resume: str | Path | None) -> RunDirClaim:
             raise ValueError(f"{staging}: exists and was not made by damage-smp; move it away or choose another --name")
         shutil.rmtree(staging)
     (staging / "checkpoints").mkdir(parents=True)
-    (staging / STAGING_MARK).write_text(f"{os.getpid()}\n", encoding="utf-8")
+    atomic_write_bytes(staging / STAGING_MARK, f"{os.getpid()}\n".encode())
     return RunDirClaim(target, staging)
 
 
