@@ -17,13 +17,12 @@ from damage_smp.cli import app
 from damage_smp.config import TrainConfig
 from damage_smp.images import read_image, read_mask, write_image
 from damage_smp.labels import ClassDef, LabelScheme, load_scheme
-from damage_smp.models import DamageModel
+from damage_smp.models import DamageModel, load_bundle
 from damage_smp.plots import overlay
 from damage_smp.predict import (
     Job,
     collect_inputs,
     effective_shard,
-    load_run,
     parse_save,
     parse_shard,
     plan_outputs,
@@ -305,7 +304,7 @@ def test_shard_and_save_specs_and_torchrun_ranks(monkeypatch):
 
 # ============================================================================================ tiling
 def test_predict_image_of_one_tile_is_the_models_own_argmax(run_dir):
-    bundle = load_run(run_dir, "best", "cpu")
+    bundle = load_bundle(run_dir, "best", "cpu")
     image, _ = make_pair(np.random.default_rng(5), size=(96, 128))
     pred = predict_image(bundle, image, tile=128, overlap=0.5)
     assert plan_tiles(96, 128, 128, 0.5).coords == [(0, 0)]
@@ -321,7 +320,7 @@ def test_tiled_prediction_equals_whole_image_prediction_within_blending_toleranc
     exactly what it sees in the whole image, so tiles may differ from the whole only near tile edges, where
     the Gaussian window gives them little weight. Tolerance: >= 99.9 % of pixels agree on the class
     (measured: 99.99 %; with overlap 0, where nothing is blended, 96.9 %)."""
-    bundle = load_run(run_dir, "best", "cpu")
+    bundle = load_bundle(run_dir, "best", "cpu")
     torch.manual_seed(0)
     c = bundle.scheme.num_classes
     net = torch.nn.Sequential(
@@ -344,6 +343,6 @@ def test_library_call_matches_the_cli_outputs(run_dir, tmp_path):
     out = tmp_path / "pred"
     predict(run_dir, [path], out, save="index", **FAST)
     assert not (out / "lib_mask.png").exists() and (out / "lib_index.png").is_file()
-    bundle = load_run(run_dir)
+    bundle = load_bundle(run_dir)
     pred = predict_image(bundle, read_image(path), tile=64, overlap=0.25, batch_size=8)
     assert np.array_equal(SCHEME.decode(read_mask(out / "lib_index.png")), pred)

@@ -24,7 +24,6 @@ import math
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -36,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..images import atomic_write_bytes, encode_image, read_image
 from ..labels import LabelScheme
 from .batch import Scan, read_batch, read_index
-from .gallery_html import CARD_SIDE, gallery_body
+from .gallery_html import CARD_SIDE, Rendered, gallery_body
 from .page import Built, Page
 
 CHUNK = 64  # masks per script file: few files, and one file's worth decoded when a scan scrolls into view
@@ -90,16 +89,6 @@ def shrink_index(index: np.ndarray, size: tuple[int, int], damage: np.ndarray) -
     pooled = cv2.dilate(marked, kernel, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT, borderValue=0)
     pooled = cv2.resize(pooled, (w, h), interpolation=cv2.INTER_NEAREST)  # max over each block
     return np.where(pooled > 0, pooled - 1, near).astype(np.uint8)
-
-
-@dataclass
-class Rendered:
-    """One scan's files in the page's folder: preview size, its compressed mask, or the problem."""
-
-    width: int = 0
-    height: int = 0
-    mask: list | None = None  # [w, h, base64 zlib bytes]
-    error: str = ""
 
 
 def render_scan(k: int, scan: Scan, scheme: LabelScheme, page: Page, thumb_size: int, width: int) -> Rendered:

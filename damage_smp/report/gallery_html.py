@@ -7,20 +7,27 @@ sorting, filtering and the viewer.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..labels import LabelScheme
 from .batch import Batch, Scan
 from .page import Page, esc, fmt_pct, hex_color, legend_html, swatch
 
-if TYPE_CHECKING:
-    from .gallery import Rendered
-
 CARD_SIDE = 480  # long side of the card thumbnails (CSS shows them ~300 px wide; sharp on 1.5x screens)
 
 
 CARD_ROWS = 5  # classes listed on a card; the viewer lists them all
+
+
+@dataclass
+class Rendered:
+    """One scan's files in the page's folder: preview size, its compressed mask, or the problem."""
+
+    width: int = 0
+    height: int = 0
+    mask: list | None = None  # [w, h, base64 zlib bytes]
+    error: str = ""
 
 
 def area_table(scan: Scan, scheme: LabelScheme) -> str:

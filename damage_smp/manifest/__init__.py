@@ -1,0 +1,31 @@
+"""Data manifests: read, audit, build from folders, and split (random / grouped / leave-one-group-out).
+
+A manifest is a CSV with the columns ``image,mask,split`` (split is train, val or test) plus any extra columns
+(``material``, ``content``, ...), which are group columns: strings that name where an image comes from, so
+that a split can keep every group whole and a study can hold one group out. Paths are relative to the CSV's
+folder. ``load_manifest`` adds absolute ``image_path`` and ``mask_path`` columns.
+
+``read`` holds the CSV itself, ``audit`` what ``manifest check`` does, ``build`` what ``manifest build`` does,
+``split`` the split assignment and ``manifest split``.
+"""
+
+from .audit import AuditReport, audit_manifest, count_classes, print_audit, run_with_progress
+from .build import build_manifest
+from .read import SPLITS, group_columns, load_manifest, split_rows, summarize
+from .split import assign_splits, split_manifest
+
+__all__ = [
+    "SPLITS",
+    "AuditReport",
+    "assign_splits",
+    "audit_manifest",
+    "build_manifest",
+    "count_classes",
+    "group_columns",
+    "load_manifest",
+    "print_audit",
+    "run_with_progress",
+    "split_manifest",
+    "split_rows",
+    "summarize",
+]

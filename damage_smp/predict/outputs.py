@@ -1,0 +1,254 @@
+"""What predict writes: per image the colour mask, index mask, overlay and areas file; per batch the tables.
+
+The per-image writers run in the pipeline's writer threads; ``merge_areas`` joins the tables of shards.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from ..console import escape
+from ..images import atomic_write_bytes, write_image
+from ..labels import LabelScheme
+from ..plots import legend_image
+from ..runs import read_json, write_csv, write_json
+from .inputs import SAVE_KINDS, Job
+
+OVERLAY_ALPHA = 0.55  # the same tint as plots.overlay, so samples and predictions look alike
+OVERLAY_QUALITY = 90
+STRIP_ROWS = 256  # overlays are blended this many rows at a time: temporaries stay ~W x 256 x 3 bytes
+SHARD_TABLE = re.compile(r"^areas\.shard-(\d+)-of-(\d+)\.csv$")
+
+
+@dataclass
+class PredictResult:
+    """What a predict call did. ``failures``: (input path, error message) pairs."""
+
+    n_done: int
+    n_skipped: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    out: Path | None = None
+    areas: Path | None = None  # areas.csv, or this shard's table
+    merged: bool = False  # a shard that found every shard's table and wrote areas.csv
+    seconds: float = 0.0
+
+
+def write_outputs(
+    job: Job, image: np.ndarray, index: np.ndarray, scheme: LabelScheme, kinds: Sequence[str], overwrite: bool
+) -> None:
+    """Write the requested outputs that are missing (all with ``overwrite``), then the areas file.
+
+    ``image`` is consumed: the overlay is blended into it in place, so a 100 MP scan needs no second copy.
+    """
+    want = [k for k in kinds if overwrite or not job.output(k).is_file()]
+    if "index" in want:
+        write_image(job.output("index"), scheme.to_values(index))  # (H, W) uint8, or uint16 above 255
+    if "colour" in want:
+        _write_bgr(job.output("colour"), colour_table_bgr(scheme)[index])  # (H, W, 3) by lookup, no floats
+    if "overlay" in want:
+        bgr = tint_in_place(image, index, scheme)
+        draw_legend(bgr, scheme, [c for c in present_classes(index, scheme) if c in scheme.damage_indices])
+        _write_bgr(job.output("overlay"), bgr)
+    counts = count_classes(index, scheme.num_classes)
+    write_json(
+        job.output("areas"),
+        {
+            "image": str(job.source),
+            "width": int(index.shape[1]),
+            "height": int(index.shape[0]),
+            "pixels": {name: int(c) for name, c in zip(scheme.names, counts, strict=True)},
+        },
+    )
+
+
+def colour_table_bgr(scheme: LabelScheme) -> np.ndarray:
+    """(256, 3) uint8 class index -> BGR colour (OpenCV's order, so no full-size RGB->BGR copy)."""
+    table = np.zeros((256, 3), np.uint8)
+    table[: scheme.num_classes] = scheme.colors[:, ::-1]
+    return table
+
+
+def tint_in_place(image: np.ndarray, index: np.ndarray, scheme: LabelScheme, alpha: float = OVERLAY_ALPHA):
+    """RGB image -> BGR overlay in the same buffer: damage pixels blended with their class colour.
+
+    Works in strips of STRIP_ROWS rows on uint8 (cv2.addWeighted rounds like plots.overlay's float maths
+    within 1 grey level), so no full-size float32 copy is ever made.
+    """
+    colours = colour_table_bgr(scheme)
+    is_damage = np.zeros(256, bool)
+    is_damage[scheme.damage_indices] = True
+    for y0 in range(0, image.shape[0], STRIP_ROWS):
+        strip = image[y0 : y0 + STRIP_ROWS]  # (s, W, 3) view
+        cv2.cvtColor(strip, cv2.COLOR_RGB2BGR, dst=strip)
+        idx = index[y0 : y0 + STRIP_ROWS]
+        show = is_damage[idx]  # (s, W) bool
+        if show.any():
+            blended = cv2.addWeighted(strip, 1 - alpha, colours[idx], alpha, 0.0)
+            np.copyto(strip, blended, where=show[..., None])
+    return image
+
+
+def draw_legend(bgr: np.ndarray, scheme: LabelScheme, classes: list[int]) -> None:
+    """Paste a legend of ``classes`` into the top-left corner, scaled with the image (~1/6 of its short
+    side); skipped when it would cover more than half the image (legend.png has every class anyway)."""
+    if not classes:
+        return
+    legend = np.ascontiguousarray(legend_image(scheme, classes)[..., ::-1])  # RGB -> BGR
+    h, w = bgr.shape[:2]
+    lh, lw = legend.shape[:2]
+    scale = min(max(1.0, min(h, w) / 1500), 0.5 * w / lw, 0.5 * h / lh)
+    if scale < 0.75:  # text below ~8 px high is unreadable
+        return
+    size = (max(1, round(lw * scale)), max(1, round(lh * scale)))
+    legend = cv2.resize(legend, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    m = max(2, round(8 * scale))
+    m = min(m, h - size[1], w - size[0])
+    bgr[m : m + size[1], m : m + size[0]] = legend
+
+
+def present_classes(index: np.ndarray, scheme: LabelScheme) -> list[int]:
+    return [int(c) for c in np.flatnonzero(count_classes(index, scheme.num_classes))]
+
+
+def count_classes(index: np.ndarray, num_classes: int, chunk: int = 1 << 22) -> np.ndarray:
+    """(C,) int64 pixel counts per class, in chunks (a whole 100 MP map would be copied to int64)."""
+    flat = index.reshape(-1)
+    counts = np.zeros(num_classes, np.int64)
+    for s in range(0, flat.size, chunk):
+        counts += np.bincount(flat[s : s + chunk], minlength=num_classes)[:num_classes]
+    return counts
+
+
+def _write_bgr(path: Path, bgr: np.ndarray) -> None:
+    params = [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_QUALITY] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(path.suffix, bgr, params)
+    if not ok:
+        raise OSError(f"{path}: could not encode the image ({bgr.shape[1]}x{bgr.shape[0]})")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+# ============================================================================================ areas
+def area_fields(scheme: LabelScheme) -> list[str]:
+    fields = ["image", "mask", "index", "overlay", "width", "height", "object_px", "damage_px", "damage_pct"]
+    for i, name in enumerate(scheme.names):
+        fields.append(f"{name}_px")
+        if i != scheme.background_index:
+            fields.append(f"{name}_pct")
+    return fields
+
+
+def area_row(job: Job, scheme: LabelScheme, out: Path) -> dict:
+    """One areas.csv row from an image's areas file: pixels per class and % of the object (every pixel but
+    Background); ``damage_pct`` is the share of all damage classes together. Output paths are relative to out.
+    """
+    record = read_json(job.output("areas"))
+    pixels = record["pixels"]
+    total = int(record["width"]) * int(record["height"])
+    bg = scheme.background_index
+    obj = total - (int(pixels.get(scheme.names[bg], 0)) if bg is not None else 0)
+    damage = sum(int(pixels.get(scheme.names[i], 0)) for i in scheme.damage_indices)
+
+    def pct(n: int) -> float:
+        return 100.0 * n / obj if obj > 0 else float("nan")
+
+    row = {"image": record["image"], "width": record["width"], "height": record["height"]}
+    for kind in SAVE_KINDS:
+        path = job.output(kind)
+        row["mask" if kind == "colour" else kind] = path.relative_to(out).as_posix() if path.is_file() else ""
+    row.update(object_px=obj, damage_px=damage, damage_pct=pct(damage))
+    for i, name in enumerate(scheme.names):
+        row[f"{name}_px"] = int(pixels.get(name, 0))
+        if i != bg:
+            row[f"{name}_pct"] = pct(int(pixels.get(name, 0)))
+    return row
+
+
+def batch_tables(out: Path, k: int, n: int) -> tuple[Path, Path]:
+    """(areas table, failures table) of shard k of n; areas.csv and failures.csv when unsharded."""
+    if n == 1:
+        return out / "areas.csv", out / "failures.csv"
+    return out / f"areas.shard-{k}-of-{n}.csv", out / f"failures.shard-{k}-of-{n}.csv"
+
+
+def write_tables(
+    out: Path, jobs: list[Job], failures: list[tuple[str, str]], scheme: LabelScheme, k: int, n: int
+) -> Path:
+    """This shard's failures table and areas table (a row per finished job that did not fail now) -> areas path.
+
+    The areas rows come from the per-image areas files, so a resumed batch still lists the images it skipped.
+    """
+    areas_path, failures_path = batch_tables(out, k, n)
+    failed = {path for path, _ in failures}
+    write_csv(failures_path, [{"path": p, "error": e} for p, e in failures], ["path", "error"])
+    rows = [area_row(j, scheme, out) for j in jobs if str(j.source) not in failed and j.output("areas").is_file()]
+    write_csv(areas_path, rows, area_fields(scheme))
+    return areas_path
+
+
+def merge_areas(out_dir: str | Path) -> tuple[Path, int]:
+    """Join every shard's areas.shard-K-of-N.csv (and failures tables) into areas.csv (and failures.csv).
+
+    Returns (areas.csv path, number of images). Refuses when a shard's table is missing or when tables of
+    different N are mixed, naming the files and what to do.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise FileNotFoundError(f"--merge-areas {out}: folder not found; give a predict --out folder")
+    tables = {}
+    for path in out.iterdir():
+        m = SHARD_TABLE.match(path.name)
+        if m:
+            tables[int(m.group(1)), int(m.group(2))] = path
+    if not tables:
+        raise FileNotFoundError(
+            f"--merge-areas {out}: no areas.shard-K-of-N.csv there; "
+            "run predict with --shard K/N (or under torchrun) first"
+        )
+    splits = sorted({n for _, n in tables})
+    if len(splits) > 1:
+        raise ValueError(
+            f"--merge-areas {out}: shard tables of {' and '.join(map(str, splits))} shards are mixed; "
+            "delete the stale areas.shard-*-of-N.csv files and merge again"
+        )
+    n = splits[0]
+    missing = [f"{k}/{n}" for k in range(1, n + 1) if (k, n) not in tables]
+    if missing:
+        raise ValueError(
+            f"--merge-areas {out}: shard(s) {', '.join(missing)} have not finished (no areas table); "
+            "run them with --shard, then merge again"
+        )
+    areas = _concat([tables[k, n] for k in range(1, n + 1)]).sort_values("image", kind="stable")
+    failures = _concat([batch_tables(out, k, n)[1] for k in range(1, n + 1)], ["path", "error"])
+    atomic_write_bytes(out / "areas.csv", areas.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+    atomic_write_bytes(out / "failures.csv", failures.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+    return out / "areas.csv", len(areas)
+
+
+def _concat(paths: list[Path], columns: list[str] | None = None) -> pd.DataFrame:
+    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths if p.is_file()]
+    frames = [f for f in frames if len(f.columns)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or [])
+
+
+def print_result(result: PredictResult, console: Console) -> None:
+    """The end-of-batch summary: counts, where things are, and every failure on its own line."""
+    console.print(
+        f"predicted {result.n_done}, skipped {result.n_skipped} finished, failed {len(result.failures)} "
+        f"in {result.seconds:.0f}s -> {escape(result.out)}"
+    )
+    if result.areas is not None:
+        merged = "  (every shard is done: merged into areas.csv)" if result.merged else ""
+        console.print(f"areas: {escape(result.areas)}{merged}")
+    if result.failures:
+        console.print(f"[bold red]{len(result.failures)} image(s) failed[/] (also in failures.csv):")
+        for path, error in result.failures:
+            line = error if error.startswith(path) else f"{path}: {error}"  # most errors name their file already
+            console.print(f"  {escape(line)}", soft_wrap=True)

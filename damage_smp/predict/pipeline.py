@@ -1,0 +1,306 @@
+"""The predict loop: reader threads decode ahead, the main thread runs the sliding window, writer threads write.
+
+Each side holds at most ``workers`` images and at most INFLIGHT_PIXELS beyond the first (see the package
+docstring).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from ..console import escape, progress_bar
+from ..images import DEFAULT_MAX_PIXELS, image_size, read_image, write_image
+from ..models import ModelBundle, load_bundle
+from ..plots import legend_image
+from ..runs import read_json, write_json
+from ..system import resolve_amp, resolve_device
+from ..tiling import predict_index
+from .inputs import (
+    SAVE_KINDS,
+    Job,
+    check_options,
+    collect_inputs,
+    effective_shard,
+    is_finished,
+    parse_save,
+    plan_outputs,
+)
+from .outputs import PredictResult, batch_tables, merge_areas, write_outputs, write_tables
+
+INFLIGHT_PIXELS = 50_000_000  # beyond the first image, each pipeline side holds at most this many pixels
+TILE_PROGRESS_MIN = 16  # images with at least this many tiles get their own tile progress bar
+SETTINGS_COMPARED = ("run_dir", "checkpoint", "epoch", "tile", "overlap", "tta")
+
+
+def predict_image(
+    bundle: ModelBundle,
+    image: np.ndarray,
+    *,
+    tile: int = 512,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    tta: bool = False,
+    progress=None,
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) uint8 class indices of ``bundle.scheme``; memory bounded by tile x W.
+
+    On CUDA it runs under the autocast the run trained with (bf16/fp16; argmax barely notices), on CPU in fp32.
+    """
+    device = next(bundle.model.parameters()).device
+    return predict_index(
+        bundle.model, image, bundle.scheme.num_classes, tile=tile, overlap=overlap, batch_size=batch_size,
+        device=device, amp_dtype=resolve_amp(bundle.cfg.amp, device), tta=tta, progress=progress,
+    )  # fmt: skip
+
+
+def predict(
+    run_dir: str | Path,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    checkpoint: str = "best",
+    tile: int = 512,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    tta: bool = False,
+    device: str = "auto",
+    save: Iterable[str] | str = SAVE_KINDS,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = 2,
+    console: Console | None = None,
+) -> PredictResult:
+    """Predict every input image with a run's model and write masks, overlays and areas under ``out``.
+
+    ``inputs``: image files, folders (searched recursively), glob patterns or manifest CSVs (their image
+    column). ``shard=(K, N)``, K counting from 1, takes every N-th image of the sorted inputs; under
+    ``torchrun`` each rank takes its share of that. Finished images are skipped unless ``overwrite``.
+    An image that cannot be read or predicted is listed in ``failures``; the others are all processed.
+    """
+    console = console or Console()
+    start = time.perf_counter()
+    kinds = parse_save(save)
+    check_options(tile, overlap, batch_size, workers, max_pixels)
+    k, n = effective_shard(shard)
+    out = Path(out)
+    mine = plan_outputs(collect_inputs(inputs, exclude=out), out)[k - 1 :: n]
+
+    dev = device_for_rank(device)
+    bundle = load_bundle(run_dir, checkpoint, dev)
+    settings = _settings(run_dir, checkpoint, bundle, tile=tile, overlap=overlap, tta=tta)
+    _prepare_out(out, settings, bundle, overwrite, k, n)
+
+    todo = [j for j in mine if overwrite or not is_finished(j, kinds)]
+    n_skipped = len(mine) - len(todo)
+    where = f" (shard {k}/{n})" if n > 1 else ""
+    console.print(
+        f"predicting {len(todo)} image(s){where} with {escape(run_dir)} "
+        f"({checkpoint}, epoch {bundle.epoch}) on {dev}; {n_skipped} already finished"
+        + ("" if overwrite else " (--overwrite redoes them)")
+    )
+    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta)
+    pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options)
+    n_done, failures = pipeline.run(todo, console, show_progress=int(os.environ.get("RANK", "0")) == 0)
+
+    areas_path = write_tables(out, mine, failures, bundle.scheme, k, n)
+    result = PredictResult(n_done, n_skipped, failures, out, areas_path, seconds=time.perf_counter() - start)
+    if n > 1 and all(batch_tables(out, i, n)[0].is_file() for i in range(1, n + 1)):
+        result.merged = _merge(out, console)
+    return result
+
+
+def _settings(run_dir: str | Path, checkpoint: str, bundle: ModelBundle, **tiling) -> dict:
+    """predict.json: what made these predictions (a later batch into the same folder must match it)."""
+    return {
+        "run_dir": str(Path(run_dir).resolve()),
+        "checkpoint": checkpoint,
+        "checkpoint_path": str(bundle.checkpoint_path),
+        "epoch": bundle.epoch,
+        **tiling,
+        "label_scheme": bundle.scheme.to_dict(),
+    }
+
+
+def _prepare_out(out: Path, settings: dict, bundle: ModelBundle, overwrite: bool, k: int, n: int) -> None:
+    """Create ``out``, refusing a file or predictions made differently; shard 1 writes the batch-wide files
+    (so shards never write the same file); a shard's stale areas table goes, so no merge ever joins it."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; give a folder for the masks (it is created if missing)")
+    check_previous_settings(out, settings, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    if k == 1:
+        write_json(out / "predict.json", settings)
+        if overwrite or not (out / "legend.png").is_file():
+            write_image(out / "legend.png", legend_image(bundle.scheme))
+    if n > 1:
+        batch_tables(out, k, n)[0].unlink(missing_ok=True)  # rebuilt when this shard is done
+
+
+def _merge(out: Path, console: Console) -> bool:
+    """Every shard is done (this one last): join the tables, as --merge-areas would. -> merged?"""
+    try:
+        merge_areas(out)
+        return True
+    except ValueError as e:  # e.g. stale tables of another N: this shard's own work is still done
+        console.print(f"[yellow]not merged:[/] {escape(e)}")
+        return False
+
+
+def device_for_rank(name: str) -> torch.device:
+    """--device, and under torchrun on CUDA the GPU of this rank (cuda:LOCAL_RANK)."""
+    device = torch.device(resolve_device(name))
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # so cuDNN workspaces and autocast live on this rank's GPU
+    return device
+
+
+def check_previous_settings(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to mix predictions of another run, checkpoint or tiling into one output folder."""
+    path = out / "predict.json"
+    if overwrite or not path.is_file():
+        return
+    old = read_json(path)
+    diffs = [f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in SETTINGS_COMPARED if old.get(k) != settings[k]]
+    if diffs:
+        raise ValueError(
+            f"{out}: holds predictions made differently ({'; '.join(diffs)}); "
+            "use another --out, or --overwrite to redo these images"
+        )
+
+
+class Pipeline:
+    """Read ahead, predict, write behind; bounded queues on both sides (see the package docstring)."""
+
+    def __init__(self, bundle: ModelBundle, kinds, overwrite: bool, max_pixels: int, workers: int, options):
+        self.bundle, self.kinds, self.overwrite = bundle, kinds, overwrite
+        self.max_pixels, self.workers, self.options = max_pixels, workers, options
+
+    def run(self, jobs: list[Job], console: Console, show_progress: bool = True):
+        """-> (images written, [(path, error)]), in input order."""
+        progress = progress_bar(console, enabled=show_progress, transient=False)
+        with (
+            ThreadPoolExecutor(self.workers, "damage-smp-read") as readers,
+            ThreadPoolExecutor(self.workers, "damage-smp-write") as writers,
+            progress,
+        ):
+            batch = _Batch(self, jobs, readers, writers, progress)
+            batch.read_more()
+            while batch.reads:
+                batch.predict_next()
+            while batch.writes:
+                batch.finish_write()
+        batch.failures.sort()
+        return batch.done, batch.failures
+
+    def predict_one(self, image: np.ndarray, progress: Progress) -> np.ndarray:
+        tiles = None
+
+        def on_tiles(n_done: int, total: int) -> None:
+            nonlocal tiles
+            if tiles is None and total >= TILE_PROGRESS_MIN:
+                tiles = progress.add_task("  tiles", total=total)
+            if tiles is not None:
+                progress.update(tiles, completed=n_done)
+
+        try:
+            return predict_image(self.bundle, image, progress=on_tiles, **self.options)
+        finally:
+            if tiles is not None:
+                progress.remove_task(tiles)
+
+
+class _Batch:
+    """One ``Pipeline.run``: the jobs not yet read, the reads and writes in flight, what was done and failed."""
+
+    def __init__(self, pipeline: Pipeline, jobs: list[Job], readers, writers, progress: Progress):
+        self.pipeline, self.readers, self.writers, self.progress = pipeline, readers, writers, progress
+        self.pending = iter(jobs)
+        self.upcoming: list[Job] = []  # the next job, its size known, waiting for room among the reads
+        self.reads: deque[tuple[Job, int, Future]] = deque()
+        self.writes: deque[tuple[Job, int, Future]] = deque()
+        self.done = 0
+        self.failures: list[tuple[str, str]] = []
+        self.images = progress.add_task("images", total=len(jobs))
+
+    def read_more(self) -> None:
+        """Start decoding the next images while there is room among the reads."""
+        p = self.pipeline
+        while True:
+            if not self.upcoming:
+                nxt = next(self.pending, None)
+                if nxt is None:
+                    return
+                self.upcoming.append(nxt)
+            pixels = _header_pixels(self.upcoming[0].source)
+            if not _room(self.reads, pixels, p.workers):
+                return
+            job = self.upcoming.pop()
+            self.reads.append((job, pixels, self.readers.submit(read_image, job.source, p.max_pixels)))
+
+    def predict_next(self) -> None:
+        """Predict the oldest read image and hand it to a writer (after waiting for room among the writes)."""
+        p = self.pipeline
+        job, _, fut = self.reads.popleft()
+        self.read_more()  # decode the next image(s) while this one is predicted
+        self.progress.update(self.images, description=escape(_shorten(job.source.name)))
+        try:
+            image = fut.result()  # (H, W, 3) uint8 RGB
+            index = p.predict_one(image, self.progress)  # (H, W) uint8 class indices
+        except Exception as e:  # unreadable, empty, not an image, out of memory: report, go on
+            self.failures.append((str(job.source), _describe(e)))
+            self.progress.advance(self.images)
+            return
+        while self.writes and not _room(self.writes, image.shape[0] * image.shape[1], p.workers):
+            self.finish_write()
+        args = (job, image, index, p.bundle.scheme, p.kinds, p.overwrite)
+        # the writer owns image and index from here (it tints the image in place); returning drops ours
+        self.writes.append((job, index.size, self.writers.submit(write_outputs, *args)))
+
+    def finish_write(self) -> None:
+        job, _, fut = self.writes.popleft()
+        try:
+            fut.result()
+            self.done += 1
+        except Exception as e:  # a full disk, an unwritable folder: this image fails, the batch goes on
+            self.failures.append((str(job.source), _describe(e)))
+        self.progress.advance(self.images)
+
+
+def _room(queue: deque, pixels: int, workers: int) -> bool:
+    """May one more image of ``pixels`` join a pipeline side? Always when it is empty (one image is the
+    least we can hold), else while it has fewer than ``workers`` images and INFLIGHT_PIXELS in total."""
+    held = sum(p for _, p, _ in queue)
+    return not queue or (len(queue) < workers and held + pixels <= INFLIGHT_PIXELS)
+
+
+def _header_pixels(path: Path) -> int:
+    try:
+        w, h = image_size(path)
+        return w * h
+    except Exception:  # reading it fails too, and is reported there
+        return 0
+
+
+def _shorten(name: str, width: int = 28) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return f"out of memory while predicting; lower --batch-size or --tile ({str(e).splitlines()[0]})"
+    if isinstance(e, ValueError | OSError):
+        return str(e) or type(e).__name__
+    return f"{type(e).__name__}: {e}"
