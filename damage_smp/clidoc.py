@@ -32,6 +32,9 @@ def render_cli_reference(app=None) -> str:
     lines += [
         "Every command takes `--help`. Errors in your input end a command with one red line (what is wrong and "
         "how to fix it) and exit code 1; set `DAMAGE_SMP_DEBUG=1` to see the Python traceback instead. "
+        "A command line that cannot be parsed (an unknown option, a missing argument, a value of the wrong type) "
+        "is a usage error: the usage line, one line saying what is wrong, and exit code 2, as with every "
+        "click/argparse tool. "
         "See also the [quick start](quickstart.md) and [troubleshooting](troubleshooting.md).",
         "",
         "Defaults of `train` come from its settings (`TrainConfig`; a `--config` file overrides them and flags "

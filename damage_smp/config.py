@@ -60,6 +60,8 @@ class TrainConfig:
     """Refuse images above this many pixels (decompression-bomb guard); raise it for huge scans."""
     cache_mb: int = 2048
     """Memory budget for decoded images kept between epochs (each worker process has its own)."""
+    allow_leakage: bool = False
+    """Train (with a warning) although the manifest lists an image twice or in two splits; refused otherwise."""
     # --- model
     arch: str = "unet"
     """smp architecture: unet, unetplusplus, fpn, deeplabv3plus, segformer, ..."""

@@ -22,13 +22,13 @@ from rich.console import Console
 
 from . import distributed as ddp
 from .config import TrainConfig
-from .console import fmt, progress_bar
+from .console import escape, fmt, progress_bar
 from .data import SegmentationDataset, class_pixel_counts, make_loader, train_transform
 from .decode_cache import default_decode_cache
 from .images import WriteError, read_image
 from .labels import IGNORE_INDEX, LabelScheme, resolve_scheme
 from .losses import DiceCELoss, class_weights_from_counts
-from .manifest import load_manifest, split_rows
+from .manifest import load_manifest, split_rows, table_problems
 from .memory import check_step_fits
 from .metrics import ConfusionMatrix
 from .models import build_model, count_params, encoder_param_group, param_groups, set_encoder_frozen
@@ -133,6 +133,7 @@ def setup(cfg: TrainConfig, resume: str | Path | None, console: Console) -> Run:
         torch.cuda.set_device(device)
     scheme = resolve_scheme(cfg.labels, cfg.ignore_background)
     manifest = load_manifest(cfg.manifest)
+    check_leakage(manifest, cfg, console if rank == 0 else None)
     train_rows = subset_rows(split_rows(manifest, "train"), cfg.train_fraction, cfg.seed)
     val_rows = split_rows(manifest, "val")
 
@@ -234,6 +235,22 @@ def claim_cleanup(claim: RunDirClaim | None):
         if claim is not None:
             claim.abandon()
         raise
+
+
+def check_leakage(manifest: pd.DataFrame, cfg: TrainConfig, console: Console | None) -> None:
+    """Refuse, as `manifest check` does, an image listed twice or in two splits (evaluate would score what it
+    trained on); --allow-leakage turns the refusal into a warning."""
+    problems = table_problems(manifest)
+    if not problems:
+        return
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    if not cfg.allow_leakage:
+        raise ValueError(
+            f"{cfg.manifest}: {problems[0]}{more}; `damage-smp manifest check {cfg.manifest}` lists them all. "
+            "Fix the manifest, or pass --allow-leakage to train anyway"
+        )
+    if console is not None:
+        console.print(f"[yellow]warning:[/] {escape(problems[0])}{more} (--allow-leakage)", soft_wrap=True)
 
 
 # ============================================================================================ the loop

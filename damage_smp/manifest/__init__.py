@@ -9,7 +9,7 @@ folder. ``load_manifest`` adds absolute ``image_path`` and ``mask_path`` columns
 ``split`` the split assignment and ``manifest split``.
 """
 
-from .audit import AuditReport, audit_manifest, count_classes, print_audit, run_with_progress
+from .audit import AuditReport, audit_manifest, count_classes, print_audit, run_with_progress, table_problems
 from .build import build_manifest
 from .read import SPLITS, group_columns, load_manifest, split_rows, summarize
 from .split import assign_splits, split_manifest
@@ -28,4 +28,5 @@ __all__ = [
     "split_manifest",
     "split_rows",
     "summarize",
+    "table_problems",
 ]

@@ -279,3 +279,11 @@ def print_audit(report: AuditReport, console) -> None:
 
 def _percent(p: float) -> str:
     return "–" if p == 0 else "<0.01%" if p < 0.01 else f"{p:.2f}%"
+
+
+def table_problems(df: pd.DataFrame) -> list[str]:
+    """The CSV's own errors that `manifest check` reports (unknown splits, an image listed twice or in two
+    splits), without opening a file: train refuses a manifest that has them."""
+    problems: dict[str, list[str]] = {"split": [], "duplicate": []}
+    _table_problems(df, problems)
+    return problems["split"] + problems["duplicate"]
