@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
 import resource
@@ -11,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from .runs import sha256_file
 
 CPU_WATTS_PER_CORE = 10.0  # stated assumption for the CPU energy estimate (a busy server core, roughly)
 
@@ -146,3 +149,18 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
+
+
+def environment(manifest: Path, device: torch.device, info: dict, world: int) -> dict:
+    """env.json of a run: when, versions, commit, machine, world size, the manifest's and weights' sha256."""
+    return {
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "machine": machine(device),
+        "world_size": world,
+        "manifest": str(manifest.resolve()),
+        "manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
+        "weights_source": info.get("weights_source"),
+        "weights_sha256": info.get("weights_sha256"),
+    }

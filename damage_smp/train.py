@@ -9,7 +9,6 @@ every way out). Runs on CPU, one GPU, or several under ``torchrun`` (Distributed
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,14 +24,14 @@ from .config import TrainConfig
 from .console import escape, fmt, progress_bar
 from .data import SegmentationDataset, class_pixel_counts, make_loader, train_transform
 from .decode_cache import default_decode_cache
-from .images import WriteError, read_image
-from .labels import IGNORE_INDEX, LabelScheme, resolve_scheme
+from .images import WriteError
+from .labels import LabelScheme, resolve_scheme
 from .losses import DiceCELoss, class_weights_from_counts
 from .manifest import load_manifest, split_rows, table_problems
 from .memory import check_step_fits
-from .metrics import ConfusionMatrix
 from .models import build_model, count_params, encoder_param_group, param_groups, set_encoder_frozen
-from .plots import save_curves, save_sample
+from .plots import save_curves
+from .rng import get_rng_state, set_rng_state
 from .rundir import RunDirClaim, claim_run_dir
 from .runs import (
     HISTORY_FIELDS,
@@ -41,14 +40,14 @@ from .runs import (
     copy_checkpoint,
     load_checkpoint,
     save_checkpoint,
-    sha256_file,
     write_csv,
     write_json,
     write_run_config,
     write_state,
 )
-from .system import EnergyMeter, git_commit, machine, package_versions, peak_memory_mb, resolve_amp, resolve_device
-from .tiling import predict_probs
+from .schedule import lr_factor, set_lr
+from .system import EnergyMeter, environment, peak_memory_mb, resolve_amp, resolve_device
+from .validation import save_samples, validate
 
 
 class TrainingStopped(ValueError):
@@ -166,7 +165,7 @@ def build_run(cfg, resume, where: Path, scheme, train_rows, val_rows, device, sh
     info = {**info, "params_total": total, "params_trainable_at_start": trainable}
     if shard[0] == 0 and resume is None:
         write_run_config(paths.root, cfg, scheme, info)
-        write_json(paths.env, environment(cfg, device, info, shard[1]))
+        write_json(paths.env, environment(Path(cfg.manifest), device, info, shard[1]))
     for msg in info.get("messages", []) if shard[0] == 0 else []:
         console.print(f"[yellow]{msg}[/]")
     ckpt = load_checkpoint(paths.checkpoint("last"), map_location="cpu") if resume is not None else None
@@ -411,64 +410,6 @@ def note_state(run: Run, status: str, reason: str) -> None:
             write_state(run.paths.state, status, run.last_epoch, reason)
 
 
-# ============================================================================================ validation
-def validate(model, rows: pd.DataFrame, scheme: LabelScheme, loss_fn, cfg: TrainConfig, device, amp_dtype,
-             shard: tuple[int, int] = (0, 1)) -> dict:  # fmt: skip
-    """Whole val images by sliding window: loss on the blended probabilities, confusion-matrix mIoU."""
-    model.eval()
-    cm = ConfusionMatrix(scheme.num_classes, device="cpu")
-    loss_sum, n = torch.zeros(2, dtype=torch.float64), 0
-    rank, world = shard
-    for row in rows.iloc[rank::world].itertuples():
-        image = read_image(row.image_path, cfg.max_pixels)
-        target = torch.from_numpy(load_target(row.mask_path, scheme, cfg.max_pixels)).long()
-        probs = predict_probs(
-            model,
-            image,
-            scheme.num_classes,
-            tile=cfg.tile,
-            overlap=cfg.overlap,
-            batch_size=cfg.batch_size,
-            device=device,
-            amp_dtype=amp_dtype,
-        )  # fmt: skip  (C, H, W)
-        with torch.no_grad():  # log-probabilities as logits: CE and Dice of the blended prediction
-            loss = loss_fn(probs.clamp_min(1e-8).log()[None], target[None].to(probs.device))
-        if torch.isfinite(loss) and (target != IGNORE_INDEX).any():
-            loss_sum[0] += loss.item()
-            n += 1
-        cm.update(probs.argmax(0).cpu(), target)
-    loss_sum[1] = n
-    ddp.all_reduce_sum(loss_sum)
-    cm.all_reduce()
-    summary = cm.summary(scheme)
-    val_loss = (loss_sum[0] / loss_sum[1]).item() if loss_sum[1] > 0 else math.nan
-    return {"val_loss": val_loss, "val_miou": summary["miou"], "val_damage_miou": summary["damage_miou"]}
-
-
-def load_target(mask_path: str, scheme: LabelScheme, max_pixels: int) -> np.ndarray:
-    from .images import read_mask
-
-    try:
-        return scheme.decode(read_mask(mask_path, max_pixels))
-    except ValueError as e:
-        raise ValueError(f"{mask_path}: {e}; check --labels or run `damage-smp manifest check`") from None
-
-
-def save_samples(paths: RunPaths, rows: pd.DataFrame, scheme: LabelScheme, cfg: TrainConfig, device) -> None:
-    """A few validation images with the best model's prediction and the ground truth, for a quick look."""
-    from .models import load_bundle
-
-    bundle = load_bundle(paths.root, "best", device)
-    for row in rows.head(cfg.samples).itertuples():
-        image = read_image(row.image_path, cfg.max_pixels)
-        probs = predict_probs(bundle.model, image, scheme.num_classes, tile=cfg.tile, overlap=cfg.overlap,
-                              batch_size=cfg.batch_size, device=device)  # fmt: skip
-        target = load_target(row.mask_path, scheme, cfg.max_pixels)
-        pred = probs.argmax(0).numpy().astype(np.uint8)
-        save_sample(paths.samples / f"{Path(row.image_path).stem}.jpg", image, pred, target, scheme)
-
-
 # ============================================================================================ small pieces
 def subset_rows(rows: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
     """A seeded subset of the training images (--train-fraction); smaller fractions are nested in larger."""
@@ -492,23 +433,6 @@ def is_frozen(cfg: TrainConfig, epoch: int) -> bool:
     return cfg.freeze_encoder and (cfg.unfreeze_at is None or epoch < cfg.unfreeze_at)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warmup, then poly (power 0.9) or cosine decay to 0 over the remaining steps, or constant."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return (1 - progress) ** 0.9
-
-
-def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
-
-
 def checkpoint_state(run: Run, epoch: int) -> dict:
     return {
         "history": run.history,
@@ -523,39 +447,9 @@ def checkpoint_state(run: Run, epoch: int) -> dict:
     }
 
 
-def get_rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    keys = state["numpy"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, 624, 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def reduce_mean(total: float, count: int, device) -> float:
     t = ddp.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64, device=device))
     return (t[0] / t[1]).item() if t[1] > 0 else math.nan
-
-
-def environment(cfg: TrainConfig, device: torch.device, info: dict, world: int) -> dict:
-    manifest = Path(cfg.manifest)
-    return {
-        "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "machine": machine(device),
-        "world_size": world,
-        "manifest": str(manifest.resolve()),
-        "manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
-        "weights_source": info.get("weights_source"),
-        "weights_sha256": info.get("weights_sha256"),
-    }
 
 
 def epoch_summary(row: dict, epochs: int, improved: bool) -> str:

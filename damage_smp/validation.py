@@ -1,0 +1,74 @@
+"""Validation during training: whole val images by sliding window, and a few overlays for a quick look."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import distributed as ddp
+from .config import TrainConfig
+from .images import read_image, read_mask
+from .labels import IGNORE_INDEX, LabelScheme
+from .metrics import ConfusionMatrix
+from .plots import save_sample
+from .runs import RunPaths
+from .tiling import predict_probs
+
+
+def validate(model, rows: pd.DataFrame, scheme: LabelScheme, loss_fn, cfg: TrainConfig, device, amp_dtype,
+             shard: tuple[int, int] = (0, 1)) -> dict:  # fmt: skip
+    """Whole val images by sliding window: loss on the blended probabilities, confusion-matrix mIoU."""
+    model.eval()
+    cm = ConfusionMatrix(scheme.num_classes, device="cpu")
+    loss_sum, n = torch.zeros(2, dtype=torch.float64), 0
+    rank, world = shard
+    for row in rows.iloc[rank::world].itertuples():
+        image = read_image(row.image_path, cfg.max_pixels)
+        target = torch.from_numpy(load_target(row.mask_path, scheme, cfg.max_pixels)).long()
+        probs = predict_probs(
+            model,
+            image,
+            scheme.num_classes,
+            tile=cfg.tile,
+            overlap=cfg.overlap,
+            batch_size=cfg.batch_size,
+            device=device,
+            amp_dtype=amp_dtype,
+        )  # fmt: skip  (C, H, W)
+        with torch.no_grad():  # log-probabilities as logits: CE and Dice of the blended prediction
+            loss = loss_fn(probs.clamp_min(1e-8).log()[None], target[None].to(probs.device))
+        if torch.isfinite(loss) and (target != IGNORE_INDEX).any():
+            loss_sum[0] += loss.item()
+            n += 1
+        cm.update(probs.argmax(0).cpu(), target)
+    loss_sum[1] = n
+    ddp.all_reduce_sum(loss_sum)
+    cm.all_reduce()
+    summary = cm.summary(scheme)
+    val_loss = (loss_sum[0] / loss_sum[1]).item() if loss_sum[1] > 0 else math.nan
+    return {"val_loss": val_loss, "val_miou": summary["miou"], "val_damage_miou": summary["damage_miou"]}
+
+
+def load_target(mask_path: str, scheme: LabelScheme, max_pixels: int) -> np.ndarray:
+    try:
+        return scheme.decode(read_mask(mask_path, max_pixels))
+    except ValueError as e:
+        raise ValueError(f"{mask_path}: {e}; check --labels or run `damage-smp manifest check`") from None
+
+
+def save_samples(paths: RunPaths, rows: pd.DataFrame, scheme: LabelScheme, cfg: TrainConfig, device) -> None:
+    """A few validation images with the best model's prediction and the ground truth, for a quick look."""
+    from .models import load_bundle
+
+    bundle = load_bundle(paths.root, "best", device)
+    for row in rows.head(cfg.samples).itertuples():
+        image = read_image(row.image_path, cfg.max_pixels)
+        probs = predict_probs(bundle.model, image, scheme.num_classes, tile=cfg.tile, overlap=cfg.overlap,
+                              batch_size=cfg.batch_size, device=device)  # fmt: skip
+        target = load_target(row.mask_path, scheme, cfg.max_pixels)
+        pred = probs.argmax(0).numpy().astype(np.uint8)
+        save_sample(paths.samples / f"{Path(row.image_path).stem}.jpg", image, pred, target, scheme)
