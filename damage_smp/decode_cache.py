@@ -183,7 +183,7 @@ def default_decode_cache() -> DecodeCache | None:
 
 
 def cache_root() -> Path:
-    """$DAMAGE_SMP_CACHE, else $XDG_CACHE_HOME/damage-smp (the same root as models.cache_dir)."""
+    """$DAMAGE_SMP_CACHE, else $XDG_CACHE_HOME/damage-smp (the same root as weights.cache_dir)."""
     if os.environ.get("DAMAGE_SMP_CACHE"):
         return Path(os.environ["DAMAGE_SMP_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "damage-smp"

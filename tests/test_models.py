@@ -11,7 +11,7 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from damage_smp import models
+from damage_smp import models, weights
 from damage_smp.config import ARCHS, TrainConfig
 from damage_smp.labels import resolve_scheme
 from damage_smp.models import (
@@ -146,7 +146,7 @@ def test_bundled_lite0_mapping_is_a_working_imagenet_classifier():
     import timm
     from skimage.data import chelsea
 
-    sd, _, _ = models.mapped_lite0_weights()
+    sd, _, _ = weights.mapped_lite0_weights()
     net = timm.create_model("efficientnet_lite0", pretrained=False)
     net.load_state_dict(sd, strict=True)
     image = torch.from_numpy(chelsea()[:, 75:375].copy()).permute(2, 0, 1)[None].float()  # (1, 3, 300, 300)
@@ -163,7 +163,7 @@ def test_imagenet_download_offline_fails_fast_with_the_fixes():
         build_model(TrainConfig(encoder="resnet34", encoder_weights="imagenet"), 2)
     assert time.monotonic() - start < 10
     msg = str(err.value)
-    assert "\n" not in msg and isinstance(err.value, models.WeightsUnavailableError)
+    assert "\n" not in msg and isinstance(err.value, weights.WeightsUnavailableError)
     for fix in ("--encoder tu-efficientnet_lite0", "--encoder-weights PATH", "--encoder-weights none",
                 "hf download smp-hub/resnet34.imagenet"):  # fmt: skip
         assert fix in msg
@@ -178,15 +178,15 @@ def test_prefilled_hub_cache_works_offline(tmp_path, monkeypatch):
     snap = tmp_path / "hub" / f"models--{settings['repo_id'].replace('/', '--')}" / "snapshots" / settings["revision"]
     snap.mkdir(parents=True)
     torch.manual_seed(5)
-    weights = smp.encoders.get_encoder("resnet18").state_dict()
-    save_file(weights, str(snap / "model.safetensors"))
+    encoder_sd = smp.encoders.get_encoder("resnet18").state_dict()
+    save_file(encoder_sd, str(snap / "model.safetensors"))
     (snap / "config.json").write_text(json.dumps({"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.2, 0.2]}))
 
     model, info = build_model(TrainConfig(encoder="resnet18", encoder_weights="imagenet"), 2)
     assert info["weights_source"] == "imagenet (hf cache)"
     assert info["weights_file"] == str(snap / "model.safetensors") and len(info["weights_sha256"]) == 64
     assert info["mean"] == pytest.approx([102.0, 127.5, 153.0])  # from the cached config.json
-    for k, v in weights.items():
+    for k, v in encoder_sd.items():
         assert torch.equal(model.encoder.state_dict()[k], v), k
 
 

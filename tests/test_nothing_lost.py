@@ -155,7 +155,7 @@ ALLOWED = {
     ("images.py", "_atomic_file", "fdopen"): "the atomic helper itself: temp file, fsync, rename",
     ("decode_cache.py", "DecodeCache._store", "open"): "a cache entry: temp file + os.replace, re-decoded if lost",
     ("decode_cache.py", "DecodeCache._store", "save"): "np.save into that temp file",
-    ("models.py", "mapped_lite0_weights", "save"): "safetensors.torch.save returns bytes, for atomic_write_bytes",
+    ("weights.py", "mapped_lite0_weights", "save"): "safetensors.torch.save returns bytes, for atomic_write_bytes",
     ("report/__init__.py", "report", "write_text"): "a file in a temp staging folder that is renamed into place",
 }
 ALWAYS_WRITES = {"imwrite", "tofile", "copyfile", "copy2", "copytree", "move"}
