@@ -27,10 +27,11 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from .checkpoints import CheckpointError, load_checkpoint
 from .config import ARCHS, TrainConfig
 from .images import atomic_write_bytes
 from .labels import LabelScheme
-from .runs import CheckpointError, RunPaths, load_checkpoint, read_run_config, sha256_file
+from .runs import RunPaths, read_run_config, sha256_file
 from .system import resolve_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # 0–1 scale, the torchvision/timm default

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import distributed as ddp
+from .checkpoints import checkpoint_write_error, copy_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, check_run_name
 from .data import SegmentationDataset, class_pixel_counts, make_loader, train_transform
 from .decode_cache import default_decode_cache
@@ -39,10 +40,6 @@ from .plots import save_curves, save_sample
 from .runs import (
     HISTORY_FIELDS,
     RunPaths,
-    checkpoint_write_error,
-    copy_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
     sha256_file,
     write_csv,
     write_json,
