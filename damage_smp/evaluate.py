@@ -26,14 +26,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .compare import split_filename
+from .checkpoints import CheckpointError
 from .images import read_image, read_mask
 from .labels import LabelScheme, UnknownMaskValues
 from .manifest import SPLITS, group_columns, load_manifest, split_rows
 from .metrics import ConfusionMatrix, image_detection
 from .models import load_bundle
 from .plots import save_confusion_matrix
-from .runs import CheckpointError, RunPaths, read_json, read_run_config, sha256_file, write_csv, write_json
+from .runs import RunPaths, read_json, read_run_config, sha256_file, split_filename, write_csv, write_json
 from .system import resolve_amp, resolve_device
 from .tiling import predict_index
 

@@ -17,9 +17,10 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from .checkpoints import CheckpointError, load_checkpoint
 from .config import ARCHS, TrainConfig
 from .labels import LabelScheme
-from .runs import CheckpointError, RunPaths, load_checkpoint, read_run_config, sha256_file
+from .runs import RunPaths, read_run_config, sha256_file
 from .system import resolve_device
 from .weights import (
     BUNDLED_ENCODERS,

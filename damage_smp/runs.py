@@ -1,8 +1,10 @@
-"""Run directories: layout, atomic writes, checkpoint save/load.
+"""Run directories: layout, atomic writes, reading (one error policy), discovery. Never imports torch.
 
 experiments/<name>/
-  config.json  env.json  history.csv  checkpoints/{best,last}.pt  metrics.json  confusion_matrix.{csv,png}
-  per_image.csv  curves.png  samples/
+  config.json  env.json  state.json  history.csv  checkpoints/{best,last}.pt  metrics.json
+  confusion_matrix.{csv,png}  per_image.csv  groups.csv  curves.png  samples/
+(evaluate's files for a split other than test are named by ``split_filename``; checkpoints.py reads and writes
+the .pt files, so compare and report read a run without torch.)
 """
 
 from __future__ import annotations
@@ -14,21 +16,22 @@ import io
 import json
 import math
 import os
-import pickle
+import re
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from .config import CONFIG_VERSION, TrainConfig
-from .images import WriteError, atomic_copy, atomic_write_bytes
+from .images import atomic_write_bytes
 from .labels import LabelScheme
 
 HISTORY_FIELDS = [
     "epoch", "train_loss", "val_loss", "val_miou", "val_damage_miou", "lr", "seconds", "img_per_s",
     "data_seconds", "peak_mem_mb", "gpu_util", "energy_wh", "energy_source", "frozen",
 ]  # fmt: skip
+MAX_DEPTH = 3  # run dirs are found at most this many folders below a given path
+SKIP_DIRS = {"checkpoints", "samples", "compare", "__pycache__"}  # never hold run dirs (a run's own, compare's out)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,17 @@ class RunPaths:
         return self.root / "state.json"
 
 
+def split_filename(stem: str, split_key: str, suffix: str) -> str:
+    """The file evaluate writes for a split key: ``stem.suffix`` for "test", else ``stem_<key>.suffix``.
+
+    >>> split_filename("per_image", "test", ".csv"), split_filename("per_image", "test@fold-a b", ".csv")
+    ('per_image.csv', 'per_image_test@fold-a_b.csv')
+    """
+    if split_key == "test":
+        return f"{stem}{suffix}"
+    return f"{stem}_{re.sub(r'[^A-Za-z0-9._@+=-]', '_', split_key)}{suffix}"
+
+
 # ------------------------------------------------------------------------------------------ atomic writes
 def write_json(path: str | Path, data) -> None:
     atomic_write_bytes(path, (json.dumps(_jsonable(data), indent=2, allow_nan=True) + "\n").encode("utf-8"))
@@ -88,16 +102,6 @@ def write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None =
     for row in rows:
         writer.writerow({k: _fmt(v) for k, v in row.items()})
     write_text(path, buf.getvalue())
-
-
-def read_json(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); the run directory is damaged") from None
 
 
 def _fmt(v):
@@ -128,77 +132,37 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or from an incompatible version."""
-
-
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """torch.save to a temp file, fsync, rename. On failure (e.g. a full disk) the old file is untouched."""
+# ------------------------------------------------------------------------------------------ reading
+def read_json(path: str | Path) -> dict:
+    """A JSON object from a file; FileNotFoundError, or ValueError when it cannot be read, is not valid JSON or
+    is not an object. Each message names the file; ``__cause__`` holds the underlying error."""
     path = Path(path)
-    buf = io.BytesIO()
-    torch.save(state, buf)
     try:
-        atomic_write_bytes(path, buf.getvalue())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found") from None
     except OSError as e:
-        raise checkpoint_write_error(path, e) from e
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the run directory is damaged") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object ({type(data).__name__}); the run directory is damaged")
+    return data
 
 
-def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
-    """Copy a checkpoint (last -> best, epoch_NNN) atomically; on failure dst keeps its previous content."""
-    try:
-        atomic_copy(src, dst)
-    except OSError as e:
-        raise checkpoint_write_error(Path(dst), e) from e
-
-
-def checkpoint_write_error(path: Path, e: OSError, checkpoint: Path | None = None) -> WriteError:
-    """'could not write .../last.pt (No space left on device); the previous last.pt is intact. ... --resume RUN'.
-
-    ``checkpoint``: the checkpoint a resume would start from, when ``path`` is another file of the run.
-    """
-    reason = getattr(e, "reason", "") or e.strerror or str(e)
-    checkpoint = checkpoint or path
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    if checkpoint != path:
-        kept = f"{checkpoint} is intact"
-    else:
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-    err = WriteError(
-        f"could not write {path} ({reason}); {kept}. Free disk space, then continue with "
-        f"`damage-smp train --resume {run_dir}`"
-    )
-    err.errno, err.reason, err.target = e.errno, reason, path
-    return err
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True (no arbitrary code from a file)."""
+def read_json_lenient(path: str | Path) -> tuple[dict | None, str | None]:
+    """``read_json`` for readers that list a damaged run rather than stop (compare, report): (data, None),
+    (None, None) when the file is missing, or (None, "<name>: unreadable (<why>)")."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: checkpoint not found; train the run first, or pick another with --checkpoint best|last"
-        )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = "Unsupported global" in str(e)  # objects other than tensors: refused, never run
-        what = "holds Python objects that a safe load (weights_only) refuses" if unsafe else "is corrupt or truncated"
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint; it {what} — use a checkpoint "
-            "made by damage-smp (--checkpoint last/best) or retrain"
-        ) from None
-    except Exception as e:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}); it is corrupt or truncated — "
-            "use --checkpoint last/best or retrain"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path}: not a damage-smp checkpoint (no 'model' entry)")
-    return state
+        return read_json(path), None
+    except FileNotFoundError:
+        return None, None
+    except ValueError as e:
+        why = type(e.__cause__).__name__ if e.__cause__ is not None else "not a JSON object"
+        return None, f"{path.name}: unreadable ({why})"
 
 
-# ------------------------------------------------------------------------------------------ reading runs
 def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, LabelScheme, dict]:
     """config.json -> (TrainConfig, LabelScheme, extras such as normalisation)."""
     paths = RunPaths(Path(run_dir))
@@ -230,25 +194,50 @@ def write_run_config(run_dir: str | Path, cfg: TrainConfig, scheme: LabelScheme,
     )
 
 
+# ------------------------------------------------------------------------------------------ discovery
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
-def find_runs(root: str | Path) -> list[Path]:
-    """Run directories at root or one/two levels below it (e.g. experiments/study/run), sorted."""
-    root = Path(root)
-    if is_run_dir(root):
-        return [root]
-    found = []
-    for dirpath, dirnames, _ in os.walk(root):
-        depth = len(Path(dirpath).relative_to(root).parts)
-        if is_run_dir(dirpath) and depth > 0:
-            found.append(Path(dirpath))
+def walk_run_tree(root: Path) -> Iterator[tuple[Path, int, list[str]]]:
+    """(folder, depth, file names) for root and the folders below it where run dirs are looked for: at most
+    MAX_DEPTH down, never inside a run dir, a hidden folder or SKIP_DIRS; sorted, so discovery is reproducible."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        depth = len(here.relative_to(root).parts)
+        if depth >= MAX_DEPTH or is_run_dir(here):
             dirnames[:] = []
-        elif depth >= 3:
-            dirnames[:] = []
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("checkpoints", "samples")]
-    return sorted(found)
+        else:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
+        yield here, depth, filenames
+
+
+def discover_runs(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Run dirs (folders with config.json) given directly or found up to MAX_DEPTH folders below; unique names."""
+    found: list[tuple[Path, str]] = []
+    for root in paths:
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such folder; give an experiments folder or run directories")
+        if not root.is_dir():
+            raise NotADirectoryError(f"{root}: not a folder; give an experiments folder or run directories")
+        if is_run_dir(root):
+            found.append((root, root.name))
+            continue
+        found += [(d, d.relative_to(root).as_posix()) for d, depth, _ in walk_run_tree(root) if depth and is_run_dir(d)]
+    if not found:
+        shown = ", ".join(str(p) for p in paths)
+        raise ValueError(
+            f"{shown}: no run directories found (folders with config.json, up to {MAX_DEPTH} levels down); "
+            "train one with `damage-smp train` or give run directories"
+        )
+    seen: dict[Path, str] = {}
+    for d, name in found:
+        seen.setdefault(d.resolve(), name)
+    dirs = list(seen)
+    names = list(seen.values())
+    if len(set(names)) < len(names):  # the same relative name under two roots: fall back to full paths
+        names = [str(d) for d in dirs]
+    return dirs, names
 
 
 # ------------------------------------------------------------------------------------------ state.json
@@ -264,9 +253,14 @@ def read_state(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / "state.json"
     if not path.is_file():
         return None
-    state = read_json(path)
+    return stale_checked(read_json(path))
+
+
+def stale_checked(state: dict) -> dict:
+    """A "running" state written by a process that is gone (killed, machine restarted) becomes "killed"."""
     if state.get("status") == "running" and not _alive(state.get("pid"), state.get("host")):
-        state = {**state, "status": "killed", "reason": state.get("reason") or "the training process is gone"}
+        reason = "the training process is gone (killed?); continue with damage-smp train --resume RUN_DIR"
+        state = {**state, "status": "killed", "reason": state.get("reason") or reason}
     return state
 
 

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from . import distributed as ddp
+from .checkpoints import checkpoint_write_error, copy_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .console import escape, fmt, progress_bar
 from .data import SegmentationDataset, class_pixel_counts, make_loader, train_transform
@@ -36,10 +37,6 @@ from .rundir import RunDirClaim, claim_run_dir
 from .runs import (
     HISTORY_FIELDS,
     RunPaths,
-    checkpoint_write_error,
-    copy_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
     write_csv,
     write_json,
     write_run_config,

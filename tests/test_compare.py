@@ -21,11 +21,11 @@ import pytest
 from typer.testing import CliRunner
 
 from damage_smp.cli import app
-from damage_smp.compare import ImageCounts, compare, metric_from_counts, paired_bootstrap, split_filename
+from damage_smp.compare import ImageCounts, compare, metric_from_counts, paired_bootstrap
 from damage_smp.config import TrainConfig
 from damage_smp.labels import load_scheme
 from damage_smp.metrics import ConfusionMatrix, image_detection
-from damage_smp.runs import HISTORY_FIELDS, write_csv, write_json, write_run_config
+from damage_smp.runs import HISTORY_FIELDS, split_filename, write_csv, write_json, write_run_config
 
 SCHEME = load_scheme("artefact")
 C = SCHEME.num_classes

@@ -14,6 +14,7 @@ import torch
 from conftest import make_pair
 from typer.testing import CliRunner
 
+from damage_smp.checkpoints import CheckpointError
 from damage_smp.cli import app
 from damage_smp.compare import compare
 from damage_smp.config import TrainConfig
@@ -21,7 +22,6 @@ from damage_smp.evaluate import evaluate
 from damage_smp.images import read_image, read_mask, write_image
 from damage_smp.labels import IGNORE_INDEX, load_scheme
 from damage_smp.models import load_bundle
-from damage_smp.runs import CheckpointError
 from damage_smp.tiling import predict_index
 from damage_smp.train import train
 

@@ -12,6 +12,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from damage_smp import models, weights
+from damage_smp.checkpoints import CheckpointError, save_checkpoint
 from damage_smp.config import ARCHS, TrainConfig
 from damage_smp.labels import resolve_scheme
 from damage_smp.models import (
@@ -23,7 +24,7 @@ from damage_smp.models import (
     param_groups,
     set_encoder_frozen,
 )
-from damage_smp.runs import CheckpointError, RunPaths, save_checkpoint, write_run_config
+from damage_smp.runs import RunPaths, write_run_config
 from damage_smp.system import resolve_device
 
 SCRATCH = TrainConfig(encoder="resnet18", encoder_weights="none")

@@ -18,17 +18,10 @@ import torch
 from typer.testing import CliRunner
 
 import damage_smp
+from damage_smp.checkpoints import CheckpointError, copy_checkpoint, load_checkpoint, save_checkpoint
 from damage_smp.cli import app
 from damage_smp.images import WriteError, atomic_copy, atomic_write_bytes, write_image
-from damage_smp.runs import (
-    CheckpointError,
-    copy_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    write_csv,
-    write_json,
-    write_text,
-)
+from damage_smp.runs import write_csv, write_json, write_text
 
 TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--samples-per-epoch", "4", "--batch-size", "4",
         "--crop-size", "64", "--tile", "64", "--num-workers", "0", "--device", "cpu"]  # fmt: skip

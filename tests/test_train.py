@@ -16,9 +16,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from damage_smp.checkpoints import load_checkpoint
 from damage_smp.cli import app
 from damage_smp.config import TrainConfig
-from damage_smp.runs import load_checkpoint, read_run_config
+from damage_smp.runs import read_run_config
 from damage_smp.train import train
 
 TINY = dict(

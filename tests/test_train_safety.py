@@ -135,3 +135,14 @@ def test_usage_errors_exit_2_as_documented():
     assert result.exit_code == 2
     docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     assert "exit code 2" in docs
+
+
+def test_compare_shows_a_killed_run_as_killed(tiny_manifest, tmp_path):
+    from damage_smp.compare.reading import read_run
+
+    run = train(cfg_for(tiny_manifest, tmp_path / "exp"))
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "status": "running", "pid": int(proc.stdout)}))
+    row = read_run(run, "r", "test", "damage_miou")
+    assert row["status"] == "killed" and "--resume" in row["note"]

@@ -32,8 +32,9 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
+from ..runs import discover_runs, is_run_dir
 from .output import CompareResult, ci, fmt, pm, print_tables, runs_frame, write_outputs
-from .reading import MAX_DEPTH, SKIP_DIRS, ImageCounts, discover_runs, is_run_dir, read_run, split_filename
+from .reading import ImageCounts, read_run
 from .stats import (
     BOOTSTRAP_SEED,
     METRICS,
@@ -47,8 +48,8 @@ from .stats import (
     seed_group_rows,
 )
 
-__all__ = ["compare", "CompareResult", "METRICS", "MAX_DEPTH", "SKIP_DIRS", "ImageCounts", "split_filename",
-           "metric_from_counts", "paired_bootstrap", "ci", "fmt", "pm"]  # fmt: skip
+__all__ = ["compare", "CompareResult", "METRICS", "ImageCounts", "metric_from_counts", "paired_bootstrap", "ci", "fmt",
+           "pm"]  # fmt: skip
 
 
 # ============================================================================================ entry point

@@ -1,93 +1,22 @@
-"""Reading run directories without torch: discovery, config/state/env/metrics/history, per-image counts."""
+"""One run's row for compare (config/state/env/metrics/history, per-image counts), read with runs.py, no torch."""
 
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from ..config import CONFIG_VERSION, TrainConfig
+from ..runs import read_json_lenient, split_filename, stale_checked
 
 SUMMARY_COLUMNS = ("miou", "damage_miou", "damage_iou", "damage_f1", "pixel_accuracy")
-MAX_DEPTH = 3  # run dirs are found at most this many folders below a given path
-SKIP_DIRS = {"checkpoints", "samples", "compare", "__pycache__"}
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
-# ============================================================================================ file names
-def split_filename(stem: str, split_key: str, suffix: str) -> str:
-    """The file evaluate writes for a split key: ``stem.suffix`` for "test", else ``stem_<key>.suffix``.
-
-    >>> split_filename("per_image", "test", ".csv"), split_filename("per_image", "test@fold-a b", ".csv")
-    ('per_image.csv', 'per_image_test@fold-a_b.csv')
-    """
-    if split_key == "test":
-        return f"{stem}{suffix}"
-    return f"{stem}_{re.sub(r'[^A-Za-z0-9._@+=-]', '_', split_key)}{suffix}"
-
-
-# ============================================================================================ discovery
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
-def discover_runs(paths: list[Path]) -> tuple[list[Path], list[str]]:
-    """Run dirs (folders with config.json) given directly or found up to 3 folders below; unique names."""
-    found: list[tuple[Path, str]] = []
-    for root in paths:
-        if not root.exists():
-            raise FileNotFoundError(f"{root}: no such folder; give an experiments folder or run directories")
-        if not root.is_dir():
-            raise NotADirectoryError(f"{root}: not a folder; give an experiments folder or run directories")
-        if is_run_dir(root):
-            found.append((root, root.name))
-            continue
-        for dirpath, dirnames, _ in os.walk(root):
-            here = Path(dirpath)
-            depth = len(here.relative_to(root).parts)
-            if depth and is_run_dir(here):
-                found.append((here, here.relative_to(root).as_posix()))
-                dirnames[:] = []
-                continue
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
-            if depth >= MAX_DEPTH:
-                dirnames[:] = []
-    if not found:
-        shown = ", ".join(str(p) for p in paths)
-        raise ValueError(
-            f"{shown}: no run directories found (folders with config.json, up to {MAX_DEPTH} levels down); "
-            "train one with `damage-smp train` or give run directories"
-        )
-    seen: dict[Path, str] = {}
-    for d, name in found:
-        seen.setdefault(d.resolve(), name)
-    dirs = list(seen)
-    names = list(seen.values())
-    if len(set(names)) < len(names):  # the same relative name under two roots: fall back to full paths
-        names = [str(d) for d in dirs]
-    return dirs, names
-
-
 # ============================================================================================ reading one run
-def read_json_file(path: Path) -> tuple[dict | None, str | None]:
-    """(data, None), (None, None) when the file is missing, or (None, reason) when it is unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"{path.name}: unreadable ({type(e).__name__})"
-    if not isinstance(data, dict):
-        return None, f"{path.name}: not a JSON object"
-    return data, None
-
-
 def read_history(path: Path) -> tuple[list[dict], str | None]:
     """history.csv rows as dicts of floats (NaN for blanks; 'frozen' and 'energy_source' kept as text)."""
     try:
@@ -135,22 +64,40 @@ def weights_label(cfg: dict) -> str:
 def read_run(run_dir: Path, name: str, split: str, metric: str) -> dict:
     """One run's row: settings, cost, validation and test numbers, status; never raises on a bad run dir."""
     problems: list[str] = []
+    files: dict[str, dict | None] = {}
+    for stem in ("config", "state", "env", "metrics"):
+        files[stem], err = read_json_lenient(run_dir / f"{stem}.json")
+        if err:
+            problems.append(err)
+    config, metrics = files["config"], files["metrics"]
+    if files["state"] is not None:
+        files["state"] = stale_checked(files["state"])
     row: dict = {"name": name, "path": str(run_dir), "status": "", "note": ""}
     private: dict = {"history": [], "counts": None, "damage_idx": None, "class_names": [], "cfg": None}
+    scheme = _settings(row, private, config, files["env"], problems)
 
-    config, err = read_json_file(run_dir / "config.json")
-    if err:
+    history, err = read_history(run_dir / "history.csv")
+    if err and config is not None:
         problems.append(err)
-    state, err = read_json_file(run_dir / "state.json")
-    if err:
-        problems.append(err)
-    env, err = read_json_file(run_dir / "env.json")
-    if err:
-        problems.append(err)
-    metrics, err = read_json_file(run_dir / "metrics.json")
-    if err:
-        problems.append(err)
+    private["history"] = history
+    row.update(_cost(history))
 
+    evaluated = metrics.get(split) if metrics else None
+    row.update(_test_numbers(evaluated or {}, metric))
+    if evaluated:
+        per_image = run_dir / split_filename("per_image", split, ".csv")
+        private["counts"], err = read_per_image(per_image, len(scheme.get("classes") or []))
+        if err:
+            problems.append(err)
+
+    row["status"] = _status(config, files["state"] or {}, metrics, evaluated, split, problems)
+    row["note"] = "; ".join(problems)
+    row["_private"] = private
+    return row
+
+
+def _settings(row: dict, private: dict, config: dict | None, env: dict | None, problems: list[str]) -> dict:
+    """config.json's settings into the row (cfg, class names, damage classes into private); returns the scheme."""
     cfg: dict = {}
     model: dict = {}
     scheme: dict = {}
@@ -180,17 +127,16 @@ def read_run(run_dir: Path, name: str, split: str, metric: str) -> dict:
     private["class_names"] = [str(c.get("name", i)) for i, c in enumerate(classes) if isinstance(c, dict)]
     private["damage_idx"] = [i for i, c in enumerate(classes) if isinstance(c, dict) and c.get("damage", True)
                              and c.get("name") not in (scheme.get("clean"), scheme.get("background"))]  # fmt: skip
+    return scheme
 
-    # ------------------------------------------------------------------ training cost and validation
-    history, err = read_history(run_dir / "history.csv")
-    if err and config is not None:
-        problems.append(err)
-    private["history"] = history
+
+def _cost(history: list[dict]) -> dict:
+    """Training cost and best validation score from history.csv's rows."""
     col = {k: np.array([h.get(k, math.nan) for h in history], float) for k in
            ("seconds", "img_per_s", "peak_mem_mb", "energy_wh", "val_miou", "val_damage_miou")}  # fmt: skip
     score = np.where(np.isnan(col["val_damage_miou"]), col["val_miou"], col["val_damage_miou"])
     sources = sorted({str(h.get("energy_source") or "") for h in history} - {""})
-    row.update(
+    return dict(
         epochs_run=int(max(h["epoch"] for h in history)) if history else 0,
         train_time_s=_nansum(col["seconds"]),
         img_per_s=_nan(np.nanmedian, col["img_per_s"]),
@@ -200,40 +146,35 @@ def read_run(run_dir: Path, name: str, split: str, metric: str) -> dict:
         best_val=_nan(np.nanmax, score),
     )
 
-    # ------------------------------------------------------------------ test metrics
-    evaluated = metrics.get(split) if metrics else None
-    summary = (evaluated or {}).get("summary") or {}
-    for k in SUMMARY_COLUMNS:
-        row[k] = to_float(summary.get(k))
-    row["metric"] = to_float(summary.get(metric))
-    for c in (evaluated or {}).get("per_class") or []:
-        row[f"iou_{c.get('name')}"] = to_float(c.get("iou"))
-    row["n_images"] = (evaluated or {}).get("n_images", math.nan)
-    row["checkpoint"] = (evaluated or {}).get("checkpoint", "")
-    if evaluated:
-        counts, err = read_per_image(run_dir / split_filename("per_image", split, ".csv"), len(classes))
-        if err:
-            problems.append(err)
-        private["counts"] = counts
 
-    # ------------------------------------------------------------------ status
-    status = (state or {}).get("status") or ("unknown" if config is not None else "")
-    if config is None or any("unreadable" in p or "not a JSON" in p for p in problems):
+def _test_numbers(evaluated: dict, metric: str) -> dict:
+    """metrics.json's entry for the split (empty when not evaluated) -> summary, metric, per-class IoU columns."""
+    summary = evaluated.get("summary") or {}
+    out = {k: to_float(summary.get(k)) for k in SUMMARY_COLUMNS}
+    out["metric"] = to_float(summary.get(metric))
+    for c in evaluated.get("per_class") or []:
+        out[f"iou_{c.get('name')}"] = to_float(c.get("iou"))
+    out["n_images"] = evaluated.get("n_images", math.nan)
+    out["checkpoint"] = evaluated.get("checkpoint", "")
+    return out
+
+
+def _status(config: dict | None, state: dict, metrics: dict | None, evaluated, split: str, problems: list[str]) -> str:
+    """finished / failed / ... from state.json, overridden by broken, not evaluated, other version; adds notes."""
+    status = state.get("status") or ("unknown" if config is not None else "")
+    if config is None or any("unreadable" in p for p in problems):
         status = "broken"
     elif status == "finished" and not evaluated:
         status = "not evaluated"
-    elif config is not None and (config.get("config_version") != CONFIG_VERSION):
+    elif config.get("config_version") != CONFIG_VERSION:
         status = "other version"
     if config is None and not problems:
         problems.append("config.json: missing")
-    if not evaluated and metrics is not None and status not in ("broken",):
+    if not evaluated and metrics is not None and status != "broken":
         problems.append(f"no {split!r} in metrics.json (splits: {', '.join(metrics) or 'none'})")
-    if (state or {}).get("reason"):
+    if state.get("reason"):
         problems.append(str(state["reason"])[:120])
-    row["status"] = status
-    row["note"] = "; ".join(problems)
-    row["_private"] = private
-    return row
+    return status
 
 
 def _nansum(a: np.ndarray) -> float:

@@ -28,6 +28,7 @@ from urllib.parse import quote
 from rich.console import Console
 
 from ..images import atomic_write_bytes
+from ..runs import walk_run_tree
 from .page import MARKER, Page, render_page
 
 DEFAULT_THUMB = 1024
@@ -107,15 +108,11 @@ def detect_kind(source: Path) -> str:
         return "study"
     if (source / "predict.json").is_file() or (source / "areas.csv").is_file():
         return "gallery"
-    from ..compare import MAX_DEPTH, SKIP_DIRS
-
     predictions = False  # a folder holding both runs and predictions is a study (compare finds its runs)
-    for dirpath, dirnames, filenames in os.walk(source):
-        depth = len(Path(dirpath).relative_to(source).parts)
+    for _, _, filenames in walk_run_tree(source):
         if "config.json" in filenames:
             return "study"
         predictions = predictions or any(f.endswith("_areas.json") for f in filenames)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS and depth < MAX_DEPTH]
     if predictions:
         return "gallery"
     raise ValueError(

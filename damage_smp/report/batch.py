@@ -17,7 +17,8 @@ import pandas as pd
 
 from ..images import read_mask
 from ..labels import LabelScheme, load_scheme
-from .page import MARKER, read_json_file
+from ..runs import read_json_lenient
+from .page import MARKER
 
 SUFFIXES = {"index": "_index.png", "mask": "_mask.png", "overlay": "_overlay.jpg", "areas": "_areas.json"}
 
@@ -52,7 +53,7 @@ class Batch:
 def read_batch(folder: Path) -> Batch:
     """A predict --out folder -> its scheme, scans and failures; notes say what was missing and assumed."""
     notes = []
-    settings = read_json_file(folder / "predict.json") or {}
+    settings = read_json_lenient(folder / "predict.json")[0] or {}
     if settings.get("label_scheme"):
         scheme = LabelScheme.from_dict(settings["label_scheme"], source=str(folder / "predict.json"))
     else:
@@ -107,7 +108,7 @@ def scans_from_sidecars(folder: Path, scheme: LabelScheme) -> list[Scan]:
     """Every ``*_areas.json`` below the folder (skipping report files folders) -> scans."""
     scans = []
     for path in sorted(_walk(folder, SUFFIXES["areas"])):
-        record = read_json_file(path)
+        record, _ = read_json_lenient(path)
         if not record or "pixels" not in record:
             continue
         base = path.with_name(path.name[: -len(SUFFIXES["areas"])])

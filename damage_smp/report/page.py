@@ -68,15 +68,6 @@ def esc(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def read_json_file(path: Path) -> dict | None:
-    """A JSON object from disk, or None when the file is missing or unreadable (reports never crash on it)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def swatch(color: str) -> str:
     return f'<span class="sw" style="--c:{esc(color)}" aria-hidden="true"></span>'
 

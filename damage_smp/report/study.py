@@ -15,10 +15,11 @@ from pathlib import Path
 import cv2
 import pandas as pd
 
-from ..compare import ci, compare, fmt, pm, split_filename
+from ..compare import ci, compare, fmt, pm
 from ..images import atomic_write_bytes, encode_image
+from ..runs import read_json_lenient, split_filename
 from .gallery import fit, read_preview
-from .page import Built, Page, esc, legend_html, read_json_file, swatch
+from .page import Built, Page, esc, legend_html, swatch
 
 MAX_SAMPLES = 6  # sample overlays shown per run
 WIDE = ' class="wide"'  # a figure spanning the whole row (the per-class bars are wide)
@@ -214,7 +215,7 @@ def class_iou_table(rows: list[dict], cols: list[str], scheme: dict | None) -> s
 
 def first_scheme(run_dirs: list[Path]) -> dict | None:
     for d in run_dirs:
-        config = read_json_file(d / "config.json")
+        config, _ = read_json_lenient(d / "config.json")
         if config and isinstance(config.get("label_scheme"), dict):
             return config["label_scheme"]
     return None
@@ -233,10 +234,10 @@ def run_section(
 ) -> str:
     """One run: its settings, test numbers, per-class IoU bars, curves, confusion matrix and samples."""
     run_dir = Path(row["path"])
-    config = read_json_file(run_dir / "config.json") or {}
+    config = read_json_lenient(run_dir / "config.json")[0] or {}
     run_scheme = config.get("label_scheme") or scheme or {}
     colours = {c.get("name"): c.get("color", "#888888") for c in run_scheme.get("classes", [])}
-    metrics = (read_json_file(run_dir / "metrics.json") or {}).get(split) or {}
+    metrics = (read_json_lenient(run_dir / "metrics.json")[0] or {}).get(split) or {}
     facts = [
         ("architecture", f"{row.get('arch', '')} / {row.get('encoder', '')}"),
         ("encoder weights", row.get("weights_path") or row.get("weights", "")),
