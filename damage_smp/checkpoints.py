@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -67,12 +68,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe = "Unsupported global" in str(e)  # objects other than tensors: refused, never run
-        what = "holds Python objects that a safe load (weights_only) refuses" if unsafe else "is corrupt or truncated"
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint; it {what} — use a checkpoint "
-            "made by damage-smp (--checkpoint last/best) or retrain"
-        ) from None
+        raise CheckpointError(unsafe_message(path, str(e))) from None
     except Exception as e:
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({type(e).__name__}); it is corrupt or truncated — "
@@ -81,3 +77,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a damage-smp checkpoint (no 'model' entry)")
     return state
+
+
+def unsafe_message(path: Path, torch_message: str) -> str:
+    """Why a weights-only load refused a file, in the user's terms (torch's text changes between versions)."""
+    if "Weights only load failed" in torch_message or "Unsupported global" in torch_message:
+        found = re.search(r"GLOBAL ([\w.]+)", torch_message)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"{path}: holds pickled Python code or objects{what}, which damage-smp never loads: unpickling them "
+            "could run any program (nothing from the file was run). Use a checkpoint made by damage-smp "
+            "(--checkpoint best/last) or retrain"
+        )
+    return f"{path}: not a readable checkpoint; it is corrupt or truncated — use --checkpoint last/best or retrain"

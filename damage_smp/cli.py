@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .console import escape
+from .console import describe_os_error, escape
 
 app = typer.Typer(
     name="damage-smp",
@@ -43,6 +43,7 @@ class UserError(Exception):
     """An expected problem with the user's input; its message says what to do."""
 
 
+OS_ERROR_TYPES = (OSError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError, FileNotFoundError)
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError)
 
 
@@ -65,7 +66,8 @@ def user_errors(fn):
         except USER_ERRORS as e:
             if os.environ.get("DAMAGE_SMP_DEBUG"):
                 raise
-            raise fail(escape(str(e)) or type(e).__name__) from None
+            text = describe_os_error(e) if type(e) in OS_ERROR_TYPES else str(e)
+            raise fail(escape(text) or type(e).__name__) from None
 
     return wrapper
 

@@ -5,6 +5,7 @@ Torch-free (compare/ and report/ use it too).
 
 from __future__ import annotations
 
+import errno
 import math
 
 from rich.console import Console
@@ -67,3 +68,23 @@ def fmt(value, spec: str = ".3f") -> str:
     if hasattr(value, "item"):  # numpy scalars -> Python int/float, so integer specs such as ',d' work
         value = value.item()
     return format(value, spec)
+
+
+OS_ERROR_HINTS = {
+    errno.EROFS: "the file system is read-only; write somewhere else (another --out / --out-dir)",
+    errno.EACCES: "no permission to write or read there; choose another place or fix its permissions",
+    errno.EPERM: "the operation is not permitted there; choose another place or fix its permissions",
+    errno.EEXIST: "something of that name is already there; choose another name or move it away",
+    errno.ENOSPC: "the disk is full; free some space and run the command again",
+    errno.ENOTDIR: "a file stands where a folder is needed; choose another path",
+    errno.EISDIR: "a folder stands where a file is needed; choose another path",
+    errno.ENAMETOOLONG: "the name is too long for the file system; choose a shorter one",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """'PATH: Read-only file system; the file system is read-only; write somewhere else' instead of '[Errno 30] ...'."""
+    if e.errno not in OS_ERROR_HINTS or not e.strerror:
+        return str(e)
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror}; {OS_ERROR_HINTS[e.errno]}"
