@@ -81,9 +81,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def unsafe_message(path: Path, torch_message: str) -> str:
     """Why a weights-only load refused a file, in the user's terms (torch's text changes between versions)."""
-    if "Weights only load failed" in torch_message or "Unsupported global" in torch_message:
-        found = re.search(r"GLOBAL ([\w.]+)", torch_message)
-        what = f" ({found.group(1)})" if found else ""
+    found = re.search(r"GLOBAL ([\w.]+)", torch_message)  # the pickle names a Python function or class
+    if found:
+        what = f" ({found.group(1)})"
         return (
             f"{path}: holds pickled Python code or objects{what}, which damage-smp never loads: unpickling them "
             "could run any program (nothing from the file was run). Use a checkpoint made by damage-smp "
