@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 from PIL import Image
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .console import escape, progress_bar
 from .images import DEFAULT_MAX_PIXELS, atomic_write_bytes, write_image
 
 REQUIRED_COLUMNS = ("id", "image", "annotation")
@@ -96,7 +96,7 @@ def import_artefact(
     previous = check_out_dir(out_dir, max_side, overwrite)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     for msg in dupes:
-        console.print(f"[yellow]warning:[/] {_escape(msg)}")
+        console.print(f"[yellow]warning:[/] {escape(msg)}")
     splits = random_split(len(rows), seed)
     state = {
         "dataset": "ARTeFACT (danielaivanova/damaged-media)",
@@ -122,7 +122,7 @@ def import_artefact(
             pending[(row.source, row.index)] = row
     skipped = len(images)
 
-    with _progress(console) as bar:
+    with progress_bar(console, elapsed=False) as bar:
         task = bar.add_task("importing ARTeFACT", total=len(rows), completed=skipped)
         for source, index, image, annotation in stream_rows(files, set(pending)):  # a copy: pending shrinks
             row = pending[(source, index)]
@@ -130,10 +130,10 @@ def import_artefact(
                 images[row.name], warning = import_row(row, image, annotation, out_dir, max_side, max_pixels)
                 if warning:
                     warnings[row.id] = warning
-                    bar.console.print(f"[yellow]warning:[/] {_escape(warning)}")
+                    bar.console.print(f"[yellow]warning:[/] {escape(warning)}")
             except ValueError as e:
                 failures[row.id] = str(e)
-                bar.console.print(f"[red]failed:[/] {_escape(str(e))}")
+                bar.console.print(f"[red]failed:[/] {escape(e)}")
             bar.advance(task)
             del pending[(source, index)]
     for row in pending.values():  # only if a shard changed between the two reads
@@ -150,12 +150,12 @@ def import_artefact(
     atomic_write_bytes(out_dir / STATE_FILE, _json(state))
     counts = {s: sum(r.name in images and x == s for r, x in zip(rows, splits, strict=True)) for s in SPLITS}
     Console(highlight=False, soft_wrap=True).print(
-        f"imported {len(images)} of {len(rows)} scans into {_escape(str(out_dir))} "
+        f"imported {len(images)} of {len(rows)} scans into {escape(out_dir)} "
         f"({len(images) - skipped} new, {skipped} already there, {len(failures)} failed, "
         f"{len(warnings)} with warnings)\n"
-        f"manifest {_escape(str(manifest))}: {counts['train']} train / {counts['val']} val / "
+        f"manifest {escape(manifest)}: {counts['train']} train / {counts['val']} val / "
         f"{counts['test']} test, random (seed {seed})\n"
-        + _escape(RESPLIT_HINT.format(manifest=manifest, out=out_dir / "manifest_by_material.csv"))
+        + escape(RESPLIT_HINT.format(manifest=manifest, out=out_dir / "manifest_by_material.csv"))
     )
     if failures:
         ids = ", ".join(list(failures)[:5]) + (f" and {len(failures) - 5} more" if len(failures) > 5 else "")
@@ -540,14 +540,3 @@ def _text(value) -> str:
 
 def _json(data: dict) -> bytes:
     return (json.dumps(data, indent=2) + "\n").encode("utf-8")
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True,
-    )  # fmt: skip

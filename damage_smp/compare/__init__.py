@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from .output import CompareResult, ci, fmt, pm, print_tables, runs_frame, write_outputs
+from .output import CompareResult, ci, pm, print_tables, runs_frame, write_outputs
 from .reading import MAX_DEPTH, SKIP_DIRS, ImageCounts, discover_runs, is_run_dir, read_run, split_filename
 from .stats import (
     BOOTSTRAP_SEED,
@@ -48,7 +48,7 @@ from .stats import (
 )
 
 __all__ = ["compare", "CompareResult", "METRICS", "MAX_DEPTH", "SKIP_DIRS", "ImageCounts", "split_filename",
-           "metric_from_counts", "paired_bootstrap", "ci", "fmt", "pm"]  # fmt: skip
+           "metric_from_counts", "paired_bootstrap", "ci", "pm"]  # fmt: skip
 
 
 # ============================================================================================ entry point

@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 import pandas as pd
 
-from ..compare import ci, compare, fmt, pm, split_filename
+from ..compare import ci, compare, pm, split_filename
+from ..console import fmt
 from ..images import atomic_write_bytes, encode_image
 from .gallery import fit, read_preview
 from .page import Built, Page, esc, legend_html, read_json_file, swatch
