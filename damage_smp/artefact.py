@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 from PIL import Image
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .console import escape, progress_bar
 from .images import DEFAULT_MAX_PIXELS, atomic_write_bytes, write_image
 
 REQUIRED_COLUMNS = ("id", "image", "annotation")
@@ -96,7 +96,7 @@ def import_artefact(
     previous = check_out_dir(out_dir, max_side, overwrite)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     for msg in dupes:
-        console.print(f"[yellow]warning:[/] {_escape(msg)}")
+        console.print(f"[yellow]warning:[/] {escape(msg)}")
     splits = random_split(len(rows), seed)
     state = {
         "dataset": "ARTeFACT (danielaivanova/damaged-media)",
@@ -108,36 +108,9 @@ def import_artefact(
     if overwrite or not (out_dir / STATE_FILE).is_file():  # marks the folder as an import from the start
         atomic_write_bytes(out_dir / STATE_FILE, _json(state))
 
-    images: dict[str, str] = {}  # row name -> image path relative to out_dir
-    warnings: dict[str, str] = {}
-    failures: dict[str, str] = {}
-    pending: dict[tuple[Path, int], ScanRow] = {}
-    for row in rows:
-        done = None if overwrite else existing_image(out_dir, row.name)
-        if done is not None:
-            images[row.name] = done
-            if row.id in previous.get("warnings", {}):  # keep what the earlier run found
-                warnings[row.id] = previous["warnings"][row.id]
-        else:
-            pending[(row.source, row.index)] = row
+    images, warnings, pending = sort_done(rows, out_dir, overwrite, previous)
     skipped = len(images)
-
-    with _progress(console) as bar:
-        task = bar.add_task("importing ARTeFACT", total=len(rows), completed=skipped)
-        for source, index, image, annotation in stream_rows(files, set(pending)):  # a copy: pending shrinks
-            row = pending[(source, index)]
-            try:
-                images[row.name], warning = import_row(row, image, annotation, out_dir, max_side, max_pixels)
-                if warning:
-                    warnings[row.id] = warning
-                    bar.console.print(f"[yellow]warning:[/] {_escape(warning)}")
-            except ValueError as e:
-                failures[row.id] = str(e)
-                bar.console.print(f"[red]failed:[/] {_escape(str(e))}")
-            bar.advance(task)
-            del pending[(source, index)]
-    for row in pending.values():  # only if a shard changed between the two reads
-        failures[row.id] = f"id {row.id}: not found in {row.source} on the second read; was the file replaced?"
+    failures = import_pending(files, pending, out_dir, max_side, max_pixels, console, images, warnings)
 
     manifest = write_manifest(out_dir, rows, splits, images, group_cols)
     state |= {
@@ -150,22 +123,75 @@ def import_artefact(
     atomic_write_bytes(out_dir / STATE_FILE, _json(state))
     counts = {s: sum(r.name in images and x == s for r, x in zip(rows, splits, strict=True)) for s in SPLITS}
     Console(highlight=False, soft_wrap=True).print(
-        f"imported {len(images)} of {len(rows)} scans into {_escape(str(out_dir))} "
+        f"imported {len(images)} of {len(rows)} scans into {escape(out_dir)} "
         f"({len(images) - skipped} new, {skipped} already there, {len(failures)} failed, "
         f"{len(warnings)} with warnings)\n"
-        f"manifest {_escape(str(manifest))}: {counts['train']} train / {counts['val']} val / "
+        f"manifest {escape(manifest)}: {counts['train']} train / {counts['val']} val / "
         f"{counts['test']} test, random (seed {seed})\n"
-        + _escape(RESPLIT_HINT.format(manifest=manifest, out=out_dir / "manifest_by_material.csv"))
+        + escape(RESPLIT_HINT.format(manifest=manifest, out=out_dir / "manifest_by_material.csv"))
     )
     if failures:
-        ids = ", ".join(list(failures)[:5]) + (f" and {len(failures) - 5} more" if len(failures) > 5 else "")
-        first = next(iter(failures.values()))
-        raise ArtefactImportError(
-            f"{len(failures)} of {len(rows)} scans failed to import ({ids}; all reasons above and in "
-            f"{out_dir / STATE_FILE}; the first: {first}); the manifest lists the {len(images)} that did; "
-            "fix the cause (re-download those shards, or raise --max-pixels) and run the same command again"
-        )
+        raise import_error(failures, len(rows), len(images), out_dir)
     return manifest
+
+
+def sort_done(
+    rows: list[ScanRow], out_dir: Path, overwrite: bool, previous: dict
+) -> tuple[dict[str, str], dict[str, str], dict[tuple[Path, int], ScanRow]]:
+    """(images already written: name -> relative path, their earlier warnings, rows still to import)."""
+    images: dict[str, str] = {}
+    warnings: dict[str, str] = {}
+    pending: dict[tuple[Path, int], ScanRow] = {}
+    for row in rows:
+        done = None if overwrite else existing_image(out_dir, row.name)
+        if done is not None:
+            images[row.name] = done
+            if row.id in previous.get("warnings", {}):  # keep what the earlier run found
+                warnings[row.id] = previous["warnings"][row.id]
+        else:
+            pending[(row.source, row.index)] = row
+    return images, warnings, pending
+
+
+def import_pending(
+    files: list[Path],
+    pending: dict[tuple[Path, int], ScanRow],
+    out_dir: Path,
+    max_side: int | None,
+    max_pixels: int,
+    console: Console,
+    images: dict[str, str],
+    warnings: dict[str, str],
+) -> dict[str, str]:
+    """Import the pending rows (adding to ``images`` and ``warnings``); returns id -> why it failed."""
+    failures: dict[str, str] = {}
+    with progress_bar(console, elapsed=False) as bar:
+        task = bar.add_task("importing ARTeFACT", total=len(images) + len(pending), completed=len(images))
+        for source, index, image, annotation in stream_rows(files, set(pending)):  # a copy: pending shrinks
+            row = pending[(source, index)]
+            try:
+                images[row.name], warning = import_row(row, image, annotation, out_dir, max_side, max_pixels)
+                if warning:
+                    warnings[row.id] = warning
+                    bar.console.print(f"[yellow]warning:[/] {escape(warning)}")
+            except ValueError as e:
+                failures[row.id] = str(e)
+                bar.console.print(f"[red]failed:[/] {escape(e)}")
+            bar.advance(task)
+            del pending[(source, index)]
+    for row in pending.values():  # only if a shard changed between the two reads
+        failures[row.id] = f"id {row.id}: not found in {row.source} on the second read; was the file replaced?"
+    return failures
+
+
+def import_error(failures: dict[str, str], n_rows: int, n_images: int, out_dir: Path) -> ArtefactImportError:
+    ids = ", ".join(list(failures)[:5]) + (f" and {len(failures) - 5} more" if len(failures) > 5 else "")
+    first = next(iter(failures.values()))
+    return ArtefactImportError(
+        f"{len(failures)} of {n_rows} scans failed to import ({ids}; all reasons above and in "
+        f"{out_dir / STATE_FILE}; the first: {first}); the manifest lists the {n_images} that did; "
+        "fix the cause (re-download those shards, or raise --max-pixels) and run the same command again"
+    )
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -540,14 +566,3 @@ def _text(value) -> str:
 
 def _json(data: dict) -> bytes:
     return (json.dumps(data, indent=2) + "\n").encode("utf-8")
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True,
-    )  # fmt: skip

@@ -47,6 +47,23 @@ def setting(default, *, resume: bool = False, flag: str | None = None):
     return field(default=default, metadata=metadata)
 
 
+def check_arch(name: str) -> str:
+    """The smp.create_model name of architecture ``name`` (any case); ValueError listing ours if unknown."""
+    if name.lower() not in ARCHS:
+        raise ValueError(f"--arch: unknown architecture {name!r}; choose one of {', '.join(ARCHS)}")
+    return ARCHS[name.lower()]
+
+
+def check_multiple_of_32(flag: str, value: int, minimum: int = 32) -> None:
+    """ValueError naming ``--flag`` unless value is a multiple of 32 and at least ``minimum``.
+
+    32: the smp encoders downsample 5 times, so a crop or tile must divide by 2**5.
+    """
+    if value < minimum or value % 32:
+        least = f" and at least {minimum}" if minimum > 32 else ""
+        raise ValueError(f"--{flag}: must be a multiple of 32{least} (the encoders downsample by 32), got {value}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # --- data
@@ -146,15 +163,12 @@ class TrainConfig:
         def bad(flag: str, msg: str) -> None:
             raise ValueError(f"--{flag.replace('_', '-')}: {msg}")
 
-        if self.arch.lower() not in ARCHS:
-            bad("arch", f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        check_arch(self.arch)
         for name in ("epochs", "batch_size", "crop_size", "samples_per_epoch", "accum_steps", "val_every"):
             if getattr(self, name) < 1:
                 bad(name, f"must be at least 1, got {getattr(self, name)}")
-        if self.crop_size % 32:
-            bad("crop_size", f"must be a multiple of 32 (the encoders downsample by 32), got {self.crop_size}")
-        if self.tile < 64 or self.tile % 32:
-            bad("tile", f"must be a multiple of 32 and at least 64, got {self.tile}")
+        check_multiple_of_32("crop-size", self.crop_size)
+        check_multiple_of_32("tile", self.tile, minimum=64)
         if not 0 <= self.overlap < 1:
             bad("overlap", f"must be in [0, 1), got {self.overlap}")
         if not 0 < self.train_fraction <= 1:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .checkpoints import CheckpointError
+from .console import fmt, progress_bar
 from .images import read_image, read_mask
 from .labels import LabelScheme, UnknownMaskValues
 from .manifest import SPLITS, group_columns, load_manifest, split_rows
@@ -282,15 +282,6 @@ def write_outputs(paths: RunPaths, key: str, entry: dict, total: ConfusionMatrix
 
 
 # ============================================================================================ terminal
-def progress_bar(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)  # fmt: skip
-
-
-def _f(v, spec: str = ".4f") -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-
 def print_summary(console: Console, key: str, entry: dict, scheme: LabelScheme) -> None:
     s, det = entry["summary"], entry["image_detection"]
     table = Table(title=f"{key}: {entry['n_images']} images, {s['n_pixels']:,} pixels ({entry['checkpoint']}, "
@@ -306,14 +297,14 @@ def print_summary(console: Console, key: str, entry: dict, scheme: LabelScheme) 
         ("image-level detection precision", det["precision"]),
         ("image-level detection recall", det["recall"]),
     ]:
-        table.add_row(label, _f(value))
+        table.add_row(label, fmt(value, ".4f"))
     console.print(table)
     classes = Table(title="per class")
     for col in ("class", "IoU", "Dice", "precision", "recall", "target px"):
         classes.add_column(col, justify="left" if col == "class" else "right")
     for r in entry["per_class"]:
-        classes.add_row(r["name"], _f(r["iou"]), _f(r["dice"]), _f(r["precision"]), _f(r["recall"]),
-                        f"{r['support']:,}", style="dim" if math.isnan(r["iou"]) else None)  # fmt: skip
+        cells = [fmt(r[k], ".4f") for k in ("iou", "dice", "precision", "recall")]
+        classes.add_row(r["name"], *cells, f"{r['support']:,}", style="dim" if math.isnan(r["iou"]) else None)
     console.print(classes)
     if s["absent_classes"]:
         console.print(f"absent classes (NaN, skipped in the means): {', '.join(s['absent_classes'])}")
@@ -324,5 +315,5 @@ def print_summary(console: Console, key: str, entry: dict, scheme: LabelScheme) 
         for m in GROUP_METRICS:
             gt.add_column(m, justify="right")
         for r in rows:
-            gt.add_row(str(r["group"]), str(r["n_images"]), *[_f(r[m]) for m in GROUP_METRICS])
+            gt.add_row(str(r["group"]), str(r["n_images"]), *[fmt(r[m], ".4f") for m in GROUP_METRICS])
         console.print(gt)

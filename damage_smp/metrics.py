@@ -12,13 +12,13 @@ but predicted somewhere gets IoU 0: those pixels are all false positives.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import scores
 from .labels import IGNORE_INDEX, LabelScheme
 
 ABSENT_NOTE = (
@@ -139,21 +139,22 @@ class ConfusionMatrix:
         tp = np.diag(mat)
         support, predicted = mat.sum(1), mat.sum(0)
         fp, fn = predicted - tp, support - tp
+        iou, dice = scores.iou_score(tp, fp, fn), scores.dice_score(tp, fp, fn)
+        prec, rec = scores.precision(tp, fp), scores.recall(tp, fn)
         rows = []
         for i, name in enumerate(names):
-            t, p, n = int(tp[i]), int(fp[i]), int(fn[i])
             rows.append(
                 {
                     "name": name,
-                    "iou": _ratio(t, t + p + n),
-                    "dice": _ratio(2 * t, 2 * t + p + n),
-                    "precision": _ratio(t, t + p),
-                    "recall": _ratio(t, t + n),
+                    "iou": float(iou[i]),
+                    "dice": float(dice[i]),
+                    "precision": float(prec[i]),
+                    "recall": float(rec[i]),
                     "support": int(support[i]),
                     "predicted": int(predicted[i]),
-                    "tp": t,
-                    "fp": p,
-                    "fn": n,
+                    "tp": int(tp[i]),
+                    "fp": int(fp[i]),
+                    "fn": int(fn[i]),
                 }
             )
         return rows
@@ -176,10 +177,10 @@ class ConfusionMatrix:
         fp = int(mat[np.ix_(rows & ~damage, damage)].sum())
         tn = int(mat[np.ix_(rows & ~damage, ~damage)].sum())
         return {
-            "iou": _ratio(tp, tp + fp + fn),
-            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-            "precision": _ratio(tp, tp + fp),
-            "recall": _ratio(tp, tp + fn),
+            "iou": scores.iou_score(tp, fp, fn),
+            "f1": scores.dice_score(tp, fp, fn),
+            "precision": scores.precision(tp, fp),
+            "recall": scores.recall(tp, fn),
             "tp": tp,
             "fp": fp,
             "fn": fn,
@@ -198,23 +199,20 @@ class ConfusionMatrix:
         """
         _class_names(scheme, self.num_classes)  # shape check
         rows = self.per_class(scheme)
+        tp, fp, fn = (np.array([r[k] for r in rows], float) for k in ("tp", "fp", "fn"))
         iou = np.array([r["iou"] for r in rows], float)
-        dice = np.array([r["dice"] for r in rows], float)
-        support = np.array([r["support"] for r in rows], float)
-        total = float(support.sum())
         binary = self.damage_vs_clean(scheme)
-        present = support > 0
         return {
-            "miou": _nanmean(iou),
-            "mdice": _nanmean(dice),
-            "damage_miou": _nanmean(iou[list(scheme.damage_indices)]),
+            "miou": scores.nanmean(iou),
+            "mdice": scores.nanmean([r["dice"] for r in rows]),
+            "damage_miou": scores.nanmean(iou[list(scheme.damage_indices)]),
             "damage_iou": binary["iou"],
             "damage_f1": binary["f1"],
             "damage_precision": binary["precision"],
             "damage_recall": binary["recall"],
-            "pixel_accuracy": _ratio(int(np.trace(self.to_numpy())), int(total)),
-            "fw_iou": float(np.sum(support[present] / total * iou[present])) if total else math.nan,
-            "n_pixels": int(total),
+            "pixel_accuracy": scores.pixel_accuracy(tp, fn),
+            "fw_iou": scores.frequency_weighted_iou(tp, fp, fn),
+            "n_pixels": self.n_pixels,
             "n_classes_scored": int(np.count_nonzero(~np.isnan(iou))),
             "absent_classes": [r["name"] for r in rows if r["support"] == 0 and r["predicted"] == 0],
             "note": ABSENT_NOTE,
@@ -251,10 +249,10 @@ def image_detection(per_image_mats: Iterable, scheme: LabelScheme, min_pixels: i
         tn += int(not has and not flagged)
     n = tp + fp + fn + tn
     return {
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "accuracy": _ratio(tp + tn, n),
+        "precision": scores.precision(tp, fp),
+        "recall": scores.recall(tp, fn),
+        "f1": scores.dice_score(tp, fp, fn),
+        "accuracy": scores.ratio(tp + tn, n),
         "tp": tp,
         "fp": fp,
         "fn": fn,
@@ -272,14 +270,3 @@ def _class_names(scheme, num_classes: int) -> list[str]:
     if len(names) != num_classes:
         raise ValueError(f"label scheme has {len(names)} classes but the confusion matrix has {num_classes}")
     return names
-
-
-def _ratio(num: int, den: int) -> float:
-    """num / den as a Python float; NaN (not 0, not 1) when den is 0."""
-    return num / den if den else math.nan
-
-
-def _nanmean(values: np.ndarray) -> float:
-    """Mean of the non-NaN values as a Python float; NaN when there are none (without numpy's warning)."""
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if values.size else math.nan

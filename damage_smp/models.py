@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .checkpoints import CheckpointError, load_checkpoint
-from .config import ARCHS, TrainConfig
+from .config import ARCHS, TrainConfig, check_arch
 from .labels import LabelScheme
 from .runs import RunPaths, read_run_config, sha256_file
 from .system import resolve_device
@@ -93,9 +93,8 @@ def build_model(cfg: TrainConfig, num_classes: int, load_weights: bool = True) -
     ``load_weights=False`` builds a random-init model (for loading a saved run: its weights come from the
     checkpoint, never from a download).
     """
+    check_arch(cfg.arch)
     arch_key = cfg.arch.lower()
-    if arch_key not in ARCHS:
-        raise ValueError(f"--arch {cfg.arch}: unknown architecture; choose one of {', '.join(ARCHS)}")
     encoder = cfg.encoder
     check_encoder_name(encoder)
     kind = cfg.weights_kind if load_weights else "none"

@@ -100,7 +100,7 @@ def test_unknown_arch_and_encoder_name_the_fix():
         build_model(replace(SCRATCH, arch="dpt"), 2)
     cfg = replace(SCRATCH)
     object.__setattr__(cfg, "arch", "unet3000")  # past TrainConfig's own check, to test build_model's
-    with pytest.raises(ValueError, match=r"--arch unet3000: unknown architecture; choose one of unet, "):
+    with pytest.raises(ValueError, match=r"--arch: unknown architecture 'unet3000'; choose one of unet, "):
         build_model(cfg, 2)
 
 

@@ -33,7 +33,7 @@ import pandas as pd
 from rich.console import Console
 
 from ..runs import discover_runs, is_run_dir
-from .output import CompareResult, ci, fmt, pm, print_tables, runs_frame, write_outputs
+from .output import CompareResult, ci, pm, print_tables, runs_frame, write_outputs
 from .reading import ImageCounts, read_run
 from .stats import (
     BOOTSTRAP_SEED,
@@ -48,8 +48,7 @@ from .stats import (
     seed_group_rows,
 )
 
-__all__ = ["compare", "CompareResult", "METRICS", "ImageCounts", "metric_from_counts", "paired_bootstrap", "ci", "fmt",
-           "pm"]  # fmt: skip
+__all__ = ["compare", "CompareResult", "METRICS", "ImageCounts", "metric_from_counts", "paired_bootstrap", "ci", "pm"]  # fmt: skip
 
 
 # ============================================================================================ entry point

@@ -8,12 +8,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..console import MISSING, fmt, is_missing
 from ..images import atomic_write_bytes
 from .reading import SUMMARY_COLUMNS, to_float
 from .stats import Unit, setting_key
@@ -54,40 +54,32 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
     return df[["row_type", *RUN_COLUMNS, *iou_cols]]
 
 
-def fmt(v, spec: str = ".3f") -> str:
-    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    if isinstance(v, float | int | np.floating | np.integer) and not isinstance(v, bool):
-        return format(float(v), spec)
-    return str(v)
-
-
 def pm(row: dict, key: str, spec: str = ".3f") -> str:
     """'mean ± std (n)' for group rows, the bare value for run rows."""
     value = fmt(row.get(key), spec)
     std = row.get(f"{key}_std")
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return value if row.get(f"{key}_n", 2) else "—"
+    if is_missing(std):
+        return value if row.get(f"{key}_n", 2) else MISSING
     return f"{value} ± {fmt(std, spec)} ({row.get(f'{key}_n')})"
 
 
 def ci(row: dict) -> str:
     lo, hi = row.get("ci_low"), row.get("ci_high")
-    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
-        return "—"
+    if is_missing(lo):
+        return MISSING
     return f"[{lo:+.3f}, {hi:+.3f}]"
 
 
 def energy(row: dict) -> str:
     value = fmt(row.get("energy_wh"), ".2f")
     source = row.get("energy_source")
-    return f"{value} ({source})" if value != "—" and isinstance(source, str) and source else value
+    return f"{value} ({source})" if value != MISSING and isinstance(source, str) and source else value
 
 
 def params(row: dict) -> str:
     t, n = to_float(row.get("params_trainable")), to_float(row.get("params_total"))
     if math.isnan(n):
-        return "—"
+        return MISSING
     return f"{t / 1e6:.2f}M / {n / 1e6:.2f}M"
 
 

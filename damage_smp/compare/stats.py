@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import scores
 from .reading import SUMMARY_COLUMNS, ImageCounts, to_float, weights_label
 
 METRICS = ("damage_miou", "miou", "mdice", "damage_iou", "damage_f1", "damage_precision", "damage_recall",
@@ -36,35 +37,20 @@ def metric_from_counts(sums: np.ndarray, num_classes: int, damage_idx: list[int]
     c = num_classes
     tp, fp, fn = sums[:, :c], sums[:, c : 2 * c], sums[:, 2 * c : 3 * c]
     dtp, dfp, dfn = sums[:, 3 * c], sums[:, 3 * c + 1], sums[:, 3 * c + 2]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if metric in ("miou", "damage_miou", "fw_iou"):
-            iou = tp / (tp + fp + fn)  # (R, C), NaN where absent
-            if metric == "miou":
-                return _rowmean(iou)
-            if metric == "damage_miou":
-                return _rowmean(iou[:, damage_idx])
-            support = tp + fn
-            total = support.sum(1, keepdims=True)
-            return np.where(support > 0, support / total * np.nan_to_num(iou), 0).sum(1) / (total[:, 0] > 0)
-        if metric == "mdice":
-            return _rowmean(2 * tp / (2 * tp + fp + fn))
-        if metric == "damage_iou":
-            return dtp / (dtp + dfp + dfn)
-        if metric == "damage_f1":
-            return 2 * dtp / (2 * dtp + dfp + dfn)
-        if metric == "damage_precision":
-            return dtp / (dtp + dfp)
-        if metric == "damage_recall":
-            return dtp / (dtp + dfn)
-        if metric == "pixel_accuracy":
-            return tp.sum(1) / (tp + fn).sum(1)
-    raise ValueError(f"--metric {metric!r}: unknown; choose one of {', '.join(METRICS)}")
-
-
-def _rowmean(a: np.ndarray) -> np.ndarray:
-    n = (~np.isnan(a)).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, np.nansum(a, 1) / n, np.nan)
+    by_metric = {
+        "miou": lambda: scores.nanmean(scores.iou_score(tp, fp, fn), axis=1),
+        "damage_miou": lambda: scores.nanmean(scores.iou_score(tp, fp, fn)[:, damage_idx], axis=1),
+        "fw_iou": lambda: scores.frequency_weighted_iou(tp, fp, fn, axis=1),
+        "mdice": lambda: scores.nanmean(scores.dice_score(tp, fp, fn), axis=1),
+        "damage_iou": lambda: scores.iou_score(dtp, dfp, dfn),
+        "damage_f1": lambda: scores.dice_score(dtp, dfp, dfn),
+        "damage_precision": lambda: scores.precision(dtp, dfp),
+        "damage_recall": lambda: scores.recall(dtp, dfn),
+        "pixel_accuracy": lambda: scores.pixel_accuracy(tp, fn, axis=1),
+    }
+    if metric not in by_metric:
+        raise ValueError(f"--metric {metric!r}: unknown; choose one of {', '.join(METRICS)}")
+    return by_metric[metric]()
 
 
 def paired_bootstrap(

@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..console import progress_bar
 from ..images import atomic_write_bytes, encode_image, read_image
 from ..labels import LabelScheme
 from .batch import Scan, read_batch, read_index
@@ -127,15 +127,7 @@ def build_gallery(
     width = max(4, len(str(len(shown) - 1)))
 
     workers = workers or min(4, os.cpu_count() or 1)
-    progress = Progress(
-        TextColumn("report"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console or Console(stderr=True),
-        disable=console is None,
-        transient=True,
-    )
+    progress = progress_bar(console, enabled=console is not None)
     with progress, ThreadPoolExecutor(workers, "damage-smp-report") as pool:
         task = progress.add_task("report", total=len(shown))
         futures = [pool.submit(render_scan, k, s, scheme, page, thumb_size, width) for k, s in enumerate(shown)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from string import Template
 from urllib.parse import quote
 
 from .. import __version__
+from ..console import MISSING, is_missing
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "report"
 MARKER = ".damage-smp-report"  # inside every files folder we write: only such folders are ever replaced
@@ -79,8 +79,8 @@ def legend_html(classes: list[dict]) -> str:
 
 
 def fmt_pct(value: float) -> str:
-    if math.isnan(value):
-        return "—"
+    if is_missing(value):
+        return MISSING
     if value == 0:
         return "0"
     if value < 0.01:

@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 import pandas as pd
 
-from ..compare import ci, compare, fmt, pm
+from ..compare import ci, compare, pm
+from ..console import fmt
 from ..images import atomic_write_bytes, encode_image
 from ..runs import read_json_lenient, split_filename
 from .gallery import fit, read_preview
