@@ -11,7 +11,9 @@ import contextlib
 import errno
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import cv2
@@ -31,15 +33,69 @@ class ImageReadError(ValueError):
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the header only, after EXIF rotation; raises ImageReadError."""
-    path = Path(path)
+    return _header_size(Path(path), DEFAULT_MAX_PIXELS)
+
+
+def _header_size(path: Path, max_pixels: int) -> tuple[int, int]:
+    """image_size, where a file PIL cannot parse is decoded by OpenCV only if its header is within max_pixels."""
     _check_file(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # lazy: reads the header, no pixel data
             w, h = im.size
-            orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+            orientation = _orientation(im, path)
     except Exception:
-        return _cv2_size(path)
+        ihdr = _png_ihdr(path)  # PIL refuses some PNGs that libpng reads, e.g. a bad checksum in a text chunk
+        if ihdr is not None and ihdr[0] * ihdr[1] > max_pixels:
+            return ihdr
+        return _cv2_size(path)  # a full decode, which also proves the file readable
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _orientation(im: Image.Image, path: Path) -> int:
+    """The EXIF orientation (1: as stored), without decoding: PIL's getexif() on a PNG loads the whole image."""
+    try:
+        if im.format != "PNG":
+            return int(im.getexif().get(0x0112, 1))  # JPEG, TIFF, WebP: EXIF sits in the parsed header
+        data = _png_exif(path)
+        if data is None:
+            return 1
+        exif = Image.Exif()
+        exif.load(data)
+        return int(exif.get(0x0112, 1))
+    except Exception:  # a corrupt EXIF block: the size as stored, as OpenCV reads the pixels
+        return 1
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_exif(path: Path) -> bytes | None:
+    """The eXIf chunk of a PNG, found by seeking past every other chunk's data: nothing is decompressed.
+
+    OpenCV applies an eXIf chunk that follows the image data too, which PIL reaches only by decoding.
+    """
+    with open(path, "rb") as f:
+        f.seek(len(_PNG_SIGNATURE))
+        while len(head := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                return f.read(length)
+            if kind == b"IEND":
+                break
+            f.seek(length + 4, os.SEEK_CUR)  # the chunk's data and its CRC
+    return None
+
+
+def _png_ihdr(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk if its checksum holds; None for any other file."""
+    with open(path, "rb") as f:
+        head = f.read(33)  # signature, IHDR length and type, 13 data bytes, CRC
+    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[8:16] != b"\x00\x00\x00\x0dIHDR":
+        return None
+    if zlib.crc32(head[12:29]) != int.from_bytes(head[29:33], "big"):
+        return None
+    w, h = struct.unpack(">II", head[16:24])
+    return w, h
 
 
 def _cv2_size(path: Path) -> tuple[int, int]:
@@ -49,7 +105,7 @@ def _cv2_size(path: Path) -> tuple[int, int]:
 
 def check_pixels(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """Refuse an image above ``max_pixels`` before decoding it; returns (width, height)."""
-    w, h = image_size(path)
+    w, h = _header_size(Path(path), max_pixels)
     if w * h > max_pixels:
         raise ImageReadError(
             f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP is above the {max_pixels / 1e6:.0f} MP limit "

@@ -226,38 +226,98 @@ class LabelScheme:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "label scheme") -> LabelScheme:
-        known = {"name", "classes", "ignore_values", "ignore_colors", "ignore_value", "clean", "background"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
-        if "classes" not in d or not isinstance(d["classes"], list):
-            raise ValueError(f"{source}: needs a 'classes' list of {{name, color, values}}")
-        classes = []
-        for i, c in enumerate(d["classes"]):
-            if not isinstance(c, dict) or "name" not in c or "color" not in c:
-                raise ValueError(f"{source}: class #{i} needs at least 'name' and 'color'")
-            values = c.get("values", c.get("value", i))
-            values = tuple(values) if isinstance(values, list) else (int(values),)
-            classes.append(
-                ClassDef(
-                    str(c["name"]),
-                    parse_color(c["color"], source),
-                    tuple(int(v) for v in values),
-                    bool(c.get("damage", True)),
-                    tuple(parse_color(a, source) for a in c.get("aliases", [])),
-                )
-            )
-        ignore = d.get("ignore_values", [] if d.get("ignore_value") is None else [d["ignore_value"]])
-        clean, background = d.get("clean"), d.get("background")
+        """The scheme that to_dict wrote; every field is type-checked, a wrong one refused naming source and value."""
+        _no_unknown_keys(d, _SCHEME_KEYS, source)
+        if not isinstance(d.get("classes"), list):
+            raise _wrong(source, "classes", d.get("classes", _MISSING), 'a list of classes {"name", "color", "values"}')
+        classes = [_class_from_dict(c, i, source) for i, c in enumerate(d["classes"])]
+        clean, background = (_text(source, key, d.get(key), optional=True) for key in ("clean", "background"))
         classes = [replace(c, damage=False) if c.name in (clean, background) else c for c in classes]
+        ignore = d.get("ignore_values", [] if d.get("ignore_value") is None else d["ignore_value"])  # null: none
+        ignore = _mask_values(source, "ignore_values" if "ignore_values" in d else "ignore_value", ignore)
         return cls(
-            name=str(d.get("name", source)),
+            name=_text(source, "name", d.get("name", source)),
             classes=tuple(classes),
-            ignore_values=tuple(int(v) for v in ignore),
-            ignore_colors=tuple(parse_color(c, source) for c in d.get("ignore_colors", [])),
+            ignore_values=ignore,
+            ignore_colors=_colors(source, "ignore_colors", d.get("ignore_colors", [])),
             clean=clean,
             background=background,
         )
+
+
+_SCHEME_KEYS = ("name", "classes", "ignore_values", "ignore_colors", "ignore_value", "clean", "background")
+_CLASS_KEYS = ("name", "color", "values", "value", "damage", "aliases")
+_VALUES, _COLOR = "a list of integers 0-65535", "a colour '#RRGGBB' or [r, g, b] (0-255 each)"
+_MISSING = object()  # a key absent from the file, unlike one set to null
+
+
+def _class_from_dict(c, i: int, source: str) -> ClassDef:
+    """Class #i of a JSON scheme; a missing or mistyped field is refused naming the class and the field."""
+    if not isinstance(c, dict):
+        raise _wrong(source, f"class #{i}", c, 'an object {"name", "color", "values"}')
+    name = _text(f"{source}: class #{i}", "name", c.get("name", _MISSING))
+    where = f"{source}: class {json.dumps(name, ensure_ascii=False)}"
+    _no_unknown_keys(c, _CLASS_KEYS, where)
+    key = "value" if "value" in c and "values" not in c else "values"
+    damage = c.get("damage", True)
+    if not isinstance(damage, bool):
+        raise _wrong(where, "damage", damage, "true or false")
+    color, values = _color(where, "color", c.get("color", _MISSING)), _mask_values(where, key, c.get(key, i))
+    return ClassDef(name, color, values, damage, _colors(where, "aliases", c.get("aliases", [])))
+
+
+def _wrong(where: str, field: str, value, expected: str) -> ValueError:
+    shown = "missing" if value is _MISSING else _as_json(value)
+    return ValueError(f"{where}: {field} is {shown} but must be {expected}")
+
+
+def _as_json(value) -> str:
+    """The value as the file spells it (null, "abc", 0.7), shortened: a message is one line."""
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _no_unknown_keys(d: dict, known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+
+
+def _text(where: str, field: str, value, optional: bool = False) -> str | None:
+    if optional and value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _wrong(where, field, value, "a class name or null" if optional else "a non-empty text")
+    return value
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true would pass as 1
+
+
+def _mask_values(where: str, field: str, value) -> tuple[int, ...]:
+    """A list of mask values, or one value alone (the short form of a single-value class)."""
+    expected = _VALUES if field.endswith("values") else "an integer 0-65535"  # "value", "ignore_value"
+    values = [value] if _is_int(value) else value
+    if not isinstance(values, list | tuple):
+        raise _wrong(where, field, value, expected)
+    bad = [v for v in values if not (_is_int(v) and 0 <= v <= 65535)]
+    if bad:
+        raise ValueError(f"{where}: {field} is {_as_json(value)} but must be {expected} ({_as_json(bad[0])} is not)")
+    return tuple(values)
+
+
+def _color(where: str, field: str, value) -> tuple[int, int, int]:
+    try:
+        return parse_color(value)
+    except ValueError:
+        raise _wrong(where, field, value, _COLOR) from None
+
+
+def _colors(where: str, field: str, value) -> tuple[tuple[int, int, int], ...]:
+    if not isinstance(value, list | tuple):
+        raise _wrong(where, field, value, "a list of colours ('#RRGGBB' or [r, g, b])")
+    return tuple(_color(where, f"{field}[{k}]", v) for k, v in enumerate(value))
 
 
 class UnknownMaskValues(ValueError):
@@ -301,7 +361,7 @@ def parse_color(value, source: str = "label scheme") -> tuple[int, int, int]:
                 return int(s[0:2], 16), int(s[2:4], 16), int(s[4:6], 16)
             except ValueError:
                 pass
-    elif isinstance(value, list | tuple) and len(value) == 3 and all(isinstance(x, int) for x in value):
+    elif isinstance(value, list | tuple) and len(value) == 3 and all(_is_int(x) for x in value):
         if all(0 <= x <= 255 for x in value):
             return int(value[0]), int(value[1]), int(value[2])
     raise ValueError(f"{source}: colour {value!r} is not '#RRGGBB' or [r, g, b]")
@@ -347,14 +407,9 @@ def _artefact_binary() -> LabelScheme:
 
 
 def _binary() -> LabelScheme:
-    return LabelScheme(
-        "binary",
-        (
-            ClassDef("Background", (0, 0, 0), (0,), damage=False),
-            ClassDef("Damage", (255, 255, 255), (255, 1), damage=True),
-        ),
-        clean="Background",
-    )
+    background = ClassDef("Background", (0, 0, 0), (0,), damage=False)
+    damage = ClassDef("Damage", (255, 255, 255), (255, 1), damage=True)
+    return LabelScheme("binary", (background, damage), clean="Background")
 
 
 BUILTIN_SCHEMES = {"artefact": _artefact, "artefact-binary": _artefact_binary, "binary": _binary}
