@@ -48,7 +48,7 @@ from .stats import (
     seed_group_rows,
 )
 
-__all__ = ["compare", "CompareResult", "METRICS", "ImageCounts", "metric_from_counts", "paired_bootstrap", "ci", "pm"]  # fmt: skip
+__all__ = ["compare", "CompareResult", "METRICS", "ImageCounts", "metric_from_counts", "paired_bootstrap", "ci", "pm"]
 
 
 # ============================================================================================ entry point
