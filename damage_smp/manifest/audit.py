@@ -93,14 +93,22 @@ def _table_problems(df: pd.DataFrame, problems: dict[str, list[str]]) -> None:
         problems["split"].append(
             f"unknown split name {split!r} on {len(lines)} row(s) (first on line {lines[0]}); use {', '.join(SPLITS)}"
         )
-    dupes = df[df.duplicated("image_path", keep=False)].groupby("image_path", sort=False)
-    for _, rows in dupes:
-        splits = sorted(set(rows["split"]))
-        leak = f" in splits {' and '.join(splits)} (leakage between splits)" if len(splits) > 1 else ""
+    dupes = df[df.duplicated("image_path", keep=False)]
+    # plain lists: per-group pandas indexing takes a minute for 50k duplicated pairs
+    images, splits, lines = dupes["image"].tolist(), dupes["split"].tolist(), (dupes.index + 2).tolist()
+    for rows in dupes.groupby("image_path", sort=False).indices.values():  # positions in dupes, in row order
+        names = sorted({splits[i] for i in rows})
+        leak = f" in splits {' and '.join(names)} (leakage between splits)" if len(names) > 1 else ""
         problems["duplicate"].append(
-            f"{rows['image'].iloc[0]}: listed {len(rows)} times (lines {', '.join(str(i + 2) for i in rows.index)})"
+            f"{images[rows[0]]}: listed {len(rows)} times (lines {_first_few([lines[i] for i in rows])})"
             f"{leak}; keep one row per image"
         )
+
+
+def _first_few(numbers: list[int]) -> str:
+    """'2, 3, 4, 5, 6 and 99995 more': a row listed 100k times must not make a line of 100k numbers."""
+    shown = ", ".join(str(n) for n in numbers[:SHOWN])
+    return shown + (f" and {len(numbers) - SHOWN} more" if len(numbers) > SHOWN else "")
 
 
 def _check_files(
@@ -116,9 +124,13 @@ def _check_files(
     Returns split -> (C + 1,) pixel counts of the rows training can read, the last entry the ignored pixels.
     """
     valid = df["split"].isin(SPLITS)
-    first = ~df.duplicated("image_path")
-    todo = [(i, r.image_path, r.mask_path) for i, r in zip(df.index, df.itertuples(), strict=True) if first[i]]
-    results = run_with_progress(todo, lambda t: _check_row(*t[1:], scheme, max_pixels), workers, "checking")
+    rows = df[~df.duplicated("image_path")]
+    todo = list(zip(rows.index.tolist(), rows["image_path"].tolist(), rows["mask_path"].tolist(), strict=True))
+    listed = df["image_path"].value_counts()  # rows per image: the bar counts rows, a duplicate with its first
+    weights = listed[rows["image_path"]].tolist()
+    results = run_with_progress(
+        todo, lambda t: _check_row(*t[1:], scheme, max_pixels), workers, "checking rows", weights=weights
+    )
     unknown: dict[str, list] = {}  # value -> [pixels, masks, first mask]
     counts = {s: np.zeros(scheme.num_classes + 1, np.int64) for s in SPLITS}
     report.images = dict.fromkeys(SPLITS, 0)
@@ -241,14 +253,18 @@ def _describe_unknown(unknown: dict[str, list], scheme: LabelScheme) -> list[str
     return msgs
 
 
-def run_with_progress(items: list, fn, workers: int, what: str) -> list:
-    """fn over items in a small thread pool (decoders release the GIL), in order, with a progress bar."""
+def run_with_progress(items: list, fn, workers: int, what: str, weights: list[int] | None = None) -> list:
+    """fn over items in a small thread pool (decoders release the GIL), in order, with a progress bar.
+
+    ``weights``: how far each item advances the bar (e.g. the manifest rows it stands for); 1 each by default.
+    """
+    weights = [1] * len(items) if weights is None else weights
     with progress_bar(elapsed=False) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
-        task = bar.add_task(what, total=len(items))
+        task = bar.add_task(what, total=sum(weights))
         out = []
-        for result in pool.map(fn, items):
+        for result, weight in zip(pool.map(fn, items), weights, strict=True):
             out.append(result)
-            bar.advance(task)
+            bar.advance(task, weight)
     return out
 
 

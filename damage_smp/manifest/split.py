@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -153,8 +154,20 @@ def split_manifest(
         plans = [(out, *leave_out_splits(df[column].to_numpy(), value, val, seed, column))]
     else:
         plans = [(out, *assign_splits(len(df), None if by is None else df[by].to_numpy(), val, test, seed))]
+    refuse_input_as_output(Path(csv), [p for p, _, _ in plans])
     refuse_overwrite([p for p, _, _ in plans], overwrite)
     return [write_manifest(df.assign(split=splits), path, warns) for path, splits, warns in plans]
+
+
+def refuse_input_as_output(csv: Path, paths: list[Path]) -> None:
+    """The input manifest is never rewritten (not even with --overwrite): a re-split is a new file."""
+    for path in paths:
+        if path.resolve() == csv.resolve() or (path.exists() and os.path.samefile(path, csv)):
+            raise ValueError(
+                f"--out {path}: is the input manifest {csv}; `manifest split` never modifies its input "
+                "(not even with --overwrite): give another --out, e.g. "
+                f"{csv.with_name(csv.stem + '-split' + csv.suffix)}"
+            )
 
 
 def _fold_plans(

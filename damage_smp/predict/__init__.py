@@ -10,16 +10,17 @@ Per image, named after the input (``<name>`` is its stem, or its whole file name
 same folder has the same stem, e.g. ``x.jpg`` and ``x.png`` give ``x.jpg_mask.png`` and ``x.png_mask.png``):
 ``<name>_mask.png`` (scheme colours), ``<name>_index.png`` (scheme mask values; uint16 when a value is above
 255), ``<name>_overlay.jpg`` (damage tinted over the scan, a legend of the classes present in a corner) and
-``<name>_areas.json`` (pixels per class; written last, so it marks the image as finished). Output folders
-mirror the input folders below their common root, so two inputs never share an output name.
+``<name>_areas.json`` (pixels per class and each output's size; written last, so it marks the image as
+finished). Output folders mirror the input folders below their common root, so two inputs never share an
+output name. A file at an output path that predict did not write is refused, even with ``--overwrite``.
 
 Once per batch: ``predict.json`` (run, checkpoint, settings, label scheme), ``legend.png``, ``areas.csv``
 (rebuilt from the per-image JSON files, so a resumed batch still lists the images it skipped) and
 ``failures.csv``. Shards (``--shard K/N`` or ``torchrun``) write ``areas.shard-K-of-N.csv`` and
 ``failures.shard-K-of-N.csv`` instead; the last shard to finish (or ``merge_areas``) joins them.
 
-``inputs`` expands INPUTS and plans the outputs, ``pipeline`` runs the three stages, ``outputs`` writes the
-files and tables.
+``inputs`` expands INPUTS and plans the outputs, ``owned`` tells predict's own files from the user's,
+``pipeline`` runs the three stages, ``outputs`` writes the files and tables.
 """
 
 from .inputs import Job, collect_inputs, effective_shard, parse_save, parse_shard, plan_outputs

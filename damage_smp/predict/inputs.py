@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images
+from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from ..manifest import load_manifest
+from ..rundir import MARKERS
 from ..tiling import plan_tiles
 
 SAVE_KINDS = ("colour", "index", "overlay")
@@ -26,6 +27,8 @@ SAVE_ALIASES = {
 }
 SUFFIXES = {"colour": "_mask.png", "index": "_index.png", "overlay": "_overlay.jpg", "areas": "_areas.json"}
 GLOB_CHARS = re.compile(r"[*?\[]")
+INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")  # read_image decodes a GIF's first frame
+PREDICT_MARKER = MARKERS["predict"]
 
 
 @dataclass(frozen=True)
@@ -42,15 +45,16 @@ class Job:
 def collect_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> list[tuple[Path, Path]]:
     """INPUTS -> sorted, de-duplicated [(absolute image path, the folder its output path is relative to)].
 
-    Files under ``exclude`` (the output folder) are left out, so predicting a folder into a subfolder of
-    itself never predicts its own masks on the next run.
+    Files under ``exclude`` (the output folder) are left out, and so are the folders that hold a predict.json
+    (the outputs of any predict) when a folder or pattern is searched, so predicting a folder into a subfolder
+    of itself never predicts masks as scans on the next run.
     """
     if not inputs:
         raise ValueError("no INPUTS given; pass image files, folders, glob patterns or a manifest CSV")
     skip = exclude.resolve() if exclude is not None else None
     found: dict[Path, Path] = {}
     for text in inputs:
-        for path, base in expand_input(str(text)):
+        for path, base in expand_input(str(text), skip):
             path = Path(os.path.abspath(path))
             if skip is not None and path.resolve().is_relative_to(skip):
                 continue
@@ -60,13 +64,21 @@ def collect_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) ->
     return sorted(found.items())
 
 
-def expand_input(text: str) -> list[tuple[Path, Path]]:
-    """One INPUT -> [(image path, base folder)]: a folder, a manifest CSV, a file or a glob pattern."""
+def expand_input(text: str, skip: Path | None = None) -> list[tuple[Path, Path]]:
+    """One INPUT -> [(image path, base folder)]: a folder, a manifest CSV, a file or a glob pattern.
+
+    Folders (and pattern matches) below ``skip`` or below a predict output folder are not searched.
+    """
     path = Path(text)
     if path.is_dir():
-        files = list_images(path)
+        if is_predict_output(path):
+            raise ValueError(
+                f"{path}: is the output folder of a damage-smp predict ({PREDICT_MARKER} is there), not scans; "
+                "give the folder of the scans"
+            )
+        files = list_inputs(path, skip)
         if not files:
-            raise ValueError(f"{path}: folder holds no image files ({' '.join(IMAGE_SUFFIXES)}); check the path")
+            raise ValueError(f"{path}: folder holds no image files ({' '.join(INPUT_SUFFIXES)}); check the path")
         return [(f, path) for f in files]
     if path.is_file() and path.suffix.lower() == ".csv":
         folder = Path(os.path.abspath(path.parent))
@@ -74,13 +86,39 @@ def expand_input(text: str) -> list[tuple[Path, Path]]:
     if path.is_file():
         return [(path, path.parent)]  # any file: one that is not an image is reported as a failure
     if GLOB_CHARS.search(text):
+        base = Path(*_until_glob(path.parts))  # the folder before the first wildcard: subfolders are mirrored
         matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-        files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+        files = [m for m in matches if m.is_file() and m.suffix.lower() in INPUT_SUFFIXES]
+        files = [m for m in files if not _below_predict_output(m, base)]
         if not files:
             raise ValueError(f"{text}: pattern matches no image files; check it (and quote it in the shell)")
-        base = Path(*_until_glob(path.parts))  # the folder before the first wildcard: subfolders are mirrored
         return [(f, base) for f in files]
     raise FileNotFoundError(f"{text}: no such file, folder or glob pattern; check the path")
+
+
+def is_predict_output(folder: Path) -> bool:
+    return (folder / PREDICT_MARKER).is_file()
+
+
+def list_inputs(folder: Path, skip: Path | None = None) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted; hidden files, predict outputs and ``skip`` left out."""
+    files = []
+    for root, dirs, names in os.walk(folder):  # symlinked folders are not followed (no loops)
+        here = Path(root)
+        dirs[:] = [d for d in dirs if not _pruned(here / d, skip)]
+        files += [here / n for n in names if n.lower().endswith(INPUT_SUFFIXES) and not n.startswith(".")]
+    return sorted(f for f in files if f.is_file())
+
+
+def _pruned(folder: Path, skip: Path | None) -> bool:
+    return is_predict_output(folder) or (skip is not None and folder.resolve() == skip)
+
+
+def _below_predict_output(path: Path, base: Path) -> bool:
+    """A pattern match inside a predict output folder below the pattern's fixed part (``base``)."""
+    parents = list(path.parents)
+    below = parents[: parents.index(base)] if base in parents else parents
+    return any(is_predict_output(p) for p in below)
 
 
 def _until_glob(parts: tuple[str, ...]) -> list[str]:
@@ -134,11 +172,6 @@ def plan_outputs(found: list[tuple[Path, Path]], out: Path) -> list[Job]:
         used.add((rel.parent, unique.lower()))
         jobs.append(Job(path, out / rel.parent / unique))
     return jobs
-
-
-def is_finished(job: Job, kinds: Sequence[str]) -> bool:
-    """Every requested output and the areas file exist (the areas file is written last)."""
-    return all(job.output(k).is_file() for k in (*kinds, "areas"))
 
 
 def parse_save(save: Iterable[str] | str) -> tuple[str, ...]:

@@ -16,11 +16,22 @@ import pandas as pd
 from rich.console import Console
 
 from ..console import escape
-from ..images import atomic_write_bytes, write_image
+from ..images import atomic_write_bytes, encode_image
 from ..labels import LabelScheme
 from ..plots import legend_image
-from ..runs import read_json, write_csv, write_json
+from ..runs import write_csv, write_json
 from .inputs import SAVE_KINDS, Job
+from .owned import (
+    WRITTEN_BY,
+    foreign_batch_files,
+    is_final,
+    is_ours,
+    marked,
+    output_entry,
+    read_record,
+    recorded,
+    refuse_foreign,
+)
 
 OVERLAY_ALPHA = 0.55  # the same tint as plots.overlay, so samples and predictions look alike
 OVERLAY_QUALITY = 90
@@ -44,13 +55,17 @@ class PredictResult:
 def write_outputs(
     job: Job, image: np.ndarray, index: np.ndarray, scheme: LabelScheme, kinds: Sequence[str], overwrite: bool
 ) -> None:
-    """Write the requested outputs that are missing (all with ``overwrite``), then the areas file.
+    """Write the requested outputs that are not finished (all with ``overwrite``), then the record.
 
+    Every image written carries predict's mark, so a kill before the record leaves files known as ours.
     ``image`` is consumed: the overlay is blended into it in place, so a 100 MP scan needs no second copy.
     """
-    want = [k for k in kinds if overwrite or not job.output(k).is_file()]
+    old = read_record(job)
+    want = [k for k in kinds if overwrite or not recorded(job, old, k)]
+    # outputs of ours that stay (other --save kinds of an earlier batch too) are listed again, at their size now
+    kept = [k for k in SAVE_KINDS if k not in want and job.output(k).is_file() and is_ours(job, old, k)]
     if "index" in want:
-        write_image(job.output("index"), scheme.to_values(index))  # (H, W) uint8, or uint16 above 255
+        _write_marked(job.output("index"), encode_image(scheme.to_values(index), ".png"))  # uint8, or uint16
     if "colour" in want:
         _write_bgr(job.output("colour"), colour_table_bgr(scheme)[index])  # (H, W, 3) by lookup, no floats
     if "overlay" in want:
@@ -61,10 +76,12 @@ def write_outputs(
     write_json(
         job.output("areas"),
         {
+            "written_by": WRITTEN_BY,
             "image": str(job.source),
             "width": int(index.shape[1]),
             "height": int(index.shape[0]),
             "pixels": {name: int(c) for name, c in zip(scheme.names, counts, strict=True)},
+            "outputs": {k: output_entry(job, k) for k in (*kept, *want)},
         },
     )
 
@@ -132,7 +149,11 @@ def _write_bgr(path: Path, bgr: np.ndarray) -> None:
     ok, buf = cv2.imencode(path.suffix, bgr, params)
     if not ok:
         raise OSError(f"{path}: could not encode the image ({bgr.shape[1]}x{bgr.shape[0]})")
-    atomic_write_bytes(path, buf.tobytes())
+    _write_marked(path, buf.tobytes())
+
+
+def _write_marked(path: Path, data: bytes) -> None:
+    atomic_write_bytes(path, marked(data, path.suffix))
 
 
 # ============================================================================================ areas
@@ -149,7 +170,9 @@ def area_row(job: Job, scheme: LabelScheme, out: Path) -> dict:
     """One areas.csv row from an image's areas file: pixels per class and % of the object (every pixel but
     Background); ``damage_pct`` is the share of all damage classes together. Output paths are relative to out.
     """
-    record = read_json(job.output("areas"))
+    record = read_record(job)
+    if not is_final(record):
+        raise ValueError(f"{job.output('areas')}: not a finished record of damage-smp predict")
     pixels = record["pixels"]
     total = int(record["width"]) * int(record["height"])
     bg = scheme.background_index
@@ -161,8 +184,8 @@ def area_row(job: Job, scheme: LabelScheme, out: Path) -> dict:
 
     row = {"image": record["image"], "width": record["width"], "height": record["height"]}
     for kind in SAVE_KINDS:
-        path = job.output(kind)
-        row["mask" if kind == "colour" else kind] = path.relative_to(out).as_posix() if path.is_file() else ""
+        listed = recorded(job, record, kind)  # a file of that name predict did not write is not the prediction
+        row["mask" if kind == "colour" else kind] = job.output(kind).relative_to(out).as_posix() if listed else ""
     row.update(object_px=obj, damage_px=damage, damage_pct=pct(damage))
     for i, name in enumerate(scheme.names):
         row[f"{name}_px"] = int(pixels.get(name, 0))
@@ -188,7 +211,7 @@ def write_tables(
     areas_path, failures_path = batch_tables(out, k, n)
     failed = {path for path, _ in failures}
     write_csv(failures_path, [{"path": p, "error": e} for p, e in failures], ["path", "error"])
-    rows = [area_row(j, scheme, out) for j in jobs if str(j.source) not in failed and j.output("areas").is_file()]
+    rows = [area_row(j, scheme, out) for j in jobs if str(j.source) not in failed and is_final(read_record(j))]
     write_csv(areas_path, rows, area_fields(scheme))
     return areas_path
 
@@ -225,6 +248,7 @@ def merge_areas(out_dir: str | Path) -> tuple[Path, int]:
             f"--merge-areas {out}: shard(s) {', '.join(missing)} have not finished (no areas table); "
             "run them with --shard, then merge again"
         )
+    refuse_foreign(foreign_batch_files(out, [out / "areas.csv", out / "failures.csv"]), "move it away, then merge")
     areas = _concat([tables[k, n] for k in range(1, n + 1)]).sort_values("image", kind="stable")
     failures = _concat([batch_tables(out, k, n)[1] for k in range(1, n + 1)], ["path", "error"])
     atomic_write_bytes(out / "areas.csv", areas.to_csv(index=False, lineterminator="\n").encode("utf-8"))

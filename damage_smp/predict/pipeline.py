@@ -31,11 +31,11 @@ from .inputs import (
     check_options,
     collect_inputs,
     effective_shard,
-    is_finished,
     parse_save,
     plan_outputs,
 )
 from .outputs import PredictResult, batch_tables, merge_areas, write_outputs, write_tables
+from .owned import check_nothing_foreign, clean_stale_temps, is_finished, predict_json_is_ours, read_record
 
 INFLIGHT_PIXELS = 50_000_000  # beyond the first image, each pipeline side holds at most this many pixels
 TILE_PROGRESS_MIN = 16  # images with at least this many tiles get their own tile progress bar
@@ -95,13 +95,15 @@ def predict(
     k, n = effective_shard(shard)
     out = Path(out)
     mine = plan_outputs(collect_inputs(inputs, exclude=out), out)[k - 1 :: n]
+    records = _check_out(out, mine, kinds, k, n)  # before the model is even loaded
 
     dev = device_for_rank(device)
     bundle = load_bundle(run_dir, checkpoint, dev)
     settings = _settings(run_dir, checkpoint, bundle, tile=tile, overlap=overlap, tta=tta)
     _prepare_out(out, settings, bundle, overwrite, k, n)
+    clean_stale_temps({out, *(j.base.parent for j in mine)})
 
-    todo = [j for j in mine if overwrite or not is_finished(j, kinds)]
+    todo = [j for j, r in zip(mine, records, strict=True) if overwrite or not is_finished(j, r, kinds)]
     n_skipped = len(mine) - len(todo)
     where = f" (shard {k}/{n})" if n > 1 else ""
     console.print(
@@ -132,17 +134,25 @@ def _settings(run_dir: str | Path, checkpoint: str, bundle: ModelBundle, **tilin
     }
 
 
-def _prepare_out(out: Path, settings: dict, bundle: ModelBundle, overwrite: bool, k: int, n: int) -> None:
-    """Create ``out``, refusing a file or predictions made differently; shard 1 writes the batch-wide files
-    (so shards never write the same file); a shard's stale areas table goes, so no merge ever joins it."""
+def _check_out(out: Path, jobs: list[Job], kinds: Sequence[str], k: int, n: int) -> list[dict | None]:
+    """Refuse a file as --out, or files there that predict would write but did not -> each job's record."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file; give a folder for the masks (it is created if missing)")
+    records = [read_record(j) for j in jobs]
+    check_nothing_foreign(out, jobs, records, kinds, batch_tables(out, k, n))
+    return records
+
+
+def _prepare_out(out: Path, settings: dict, bundle: ModelBundle, overwrite: bool, k: int, n: int) -> None:
+    """Create ``out``, refusing predictions made differently; shard 1 writes the batch-wide files
+    (so shards never write the same file); a shard's stale areas table goes, so no merge ever joins it."""
     check_previous_settings(out, settings, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if k == 1:
         write_json(out / "predict.json", settings)
-        if overwrite or not (out / "legend.png").is_file():
-            write_image(out / "legend.png", legend_image(bundle.scheme))
+        legend = out / "legend.png"
+        if overwrite or not legend.is_file() or legend.stat().st_size == 0:
+            write_image(legend, legend_image(bundle.scheme))
     if n > 1:
         batch_tables(out, k, n)[0].unlink(missing_ok=True)  # rebuilt when this shard is done
 
@@ -169,10 +179,9 @@ def device_for_rank(name: str) -> torch.device:
 
 def check_previous_settings(out: Path, settings: dict, overwrite: bool) -> None:
     """Refuse to mix predictions of another run, checkpoint or tiling into one output folder."""
-    path = out / "predict.json"
-    if overwrite or not path.is_file():
+    if overwrite or not predict_json_is_ours(out):  # an empty predict.json (nothing to compare) is replaced
         return
-    old = read_json(path)
+    old = read_json(out / "predict.json")
     diffs = [f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in SETTINGS_COMPARED if old.get(k) != settings[k]]
     if diffs:
         raise ValueError(
