@@ -297,11 +297,22 @@ def compare(
     out: Annotated[
         Path | None, typer.Option(help="Folder for compare.md/.csv and plots (default EXPERIMENTS/compare).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier comparison in that folder.")
+    ] = False,
 ) -> None:
     """Compare runs: one row each, seeds grouped as mean ± std, Δ and bootstrap 95% CI against the scratch baseline."""
     from .compare import compare as run_compare
 
-    run_compare(paths or [Path("experiments")], baseline=baseline, metric=metric, split=split, out=out, console=console)
+    run_compare(
+        paths or [Path("experiments")],
+        baseline=baseline,
+        metric=metric,
+        split=split,
+        out=out,
+        console=console,
+        overwrite=overwrite,
+    )
 
 
 # ============================================================================================ predict

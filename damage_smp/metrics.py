@@ -12,6 +12,7 @@ but predicted somewhere gets IoU 0: those pixels are all false positives.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -176,6 +177,9 @@ class ConfusionMatrix:
         fn = int(mat[np.ix_(rows & damage, ~damage)].sum())
         fp = int(mat[np.ix_(rows & ~damage, damage)].sum())
         tn = int(mat[np.ix_(rows & ~damage, ~damage)].sum())
+        if not (rows & ~damage).any():  # no clean class: damage-vs-clean scores do not exist (NaN, shown as —)
+            return {"iou": math.nan, "f1": math.nan, "precision": math.nan, "recall": math.nan,
+                    "tp": tp, "fp": fp, "fn": fn, "tn": tn}  # fmt: skip
         return {
             "iou": scores.iou_score(tp, fp, fn),
             "f1": scores.dice_score(tp, fp, fn),

@@ -210,6 +210,9 @@ def walk_run_tree(root: Path) -> Iterator[tuple[Path, int, list[str]]]:
         else:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
         yield here, depth, filenames
+        for d in dirnames:  # os.walk does not enter links: a linked run dir is listed, never walked into
+            if (here / d).is_symlink() and is_run_dir(here / d):
+                yield here / d, depth + 1, []
 
 
 def discover_runs(paths: list[Path]) -> tuple[list[Path], list[str]]:

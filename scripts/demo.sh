@@ -33,7 +33,7 @@ for name in lite0-imagenet-frozen lite0-imagenet-finetune lite0-scratch; do
 done
 
 echo "== comparing"
-"$DS" compare "$EXP" --out "$EXP/compare"
+"$DS" compare "$EXP" --out "$EXP/compare" --overwrite
 
 BEST=$(.venv/bin/python - "$EXP" <<'PY'
 import json, math, sys

@@ -180,9 +180,9 @@ def test_explicit_baseline_and_errors(study, tmp_path):
     name = "unet-resnet34-imagenet-finetune-s0"
     assert runs.loc[name, "delta"] == pytest.approx(metric_of(study / name) - frozen)
     with pytest.raises(ValueError, match="--baseline 'nope': no such run"):
-        compare([study], baseline="nope", out=tmp_path / "o")
+        compare([study], baseline="nope", out=tmp_path / "o", overwrite=True)
     with pytest.raises(ValueError, match="--metric 'dice'"):
-        compare([study], metric="dice", out=tmp_path / "o")
+        compare([study], metric="dice", out=tmp_path / "o", overwrite=True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no run directories found"):
         compare([tmp_path / "empty"])

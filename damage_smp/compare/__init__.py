@@ -32,8 +32,9 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
+from ..rundir import kind_of
 from ..runs import discover_runs, is_run_dir
-from .output import CompareResult, ci, pm, print_tables, runs_frame, write_outputs
+from .output import OUTPUT_FILES, CompareResult, ci, pm, print_tables, runs_frame, write_outputs
 from .reading import ImageCounts, read_run
 from .stats import (
     BOOTSTRAP_SEED,
@@ -60,6 +61,7 @@ def compare(
     out: str | Path | None = None,
     console: Console | None = None,
     plots: bool = True,
+    overwrite: bool = False,
 ) -> CompareResult:
     """Compare run directories (or every run found up to 3 folders below the given folders).
 
@@ -70,6 +72,8 @@ def compare(
     if metric not in METRICS:
         raise ValueError(f"--metric {metric!r}: unknown metric; choose one of {', '.join(METRICS)}")
     paths = [Path(p) for p in (paths or ["experiments"])]
+    out_dir = Path(out) if out is not None else default_out(paths)
+    check_out(out_dir, overwrite)
     run_dirs, names = discover_runs(paths)
     runs = [read_run(d, n, split, metric) for d, n in zip(run_dirs, names, strict=True)]
     notes = [
@@ -89,13 +93,38 @@ def compare(
     runs_df = runs_frame(runs)
     groups_df = pd.DataFrame(groups)
 
-    out_dir = Path(out) if out is not None else default_out(paths)
     result = CompareResult(runs_df, groups_df, metric, split, out_dir, notes=notes)
     write_outputs(result, runs, units, plots)
     result.seconds = time.perf_counter() - t0
     if console is not None:
         print_tables(result, console)
     return result
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """An earlier comparison is replaced only with --overwrite; files compare did not write, never."""
+    present = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if not present:
+        return
+    if kind_of(out) != "compare" and not is_old_compare(out):
+        raise FileExistsError(
+            f"{out / present[0]} exists and was not written by damage-smp compare; it is never replaced (not even "
+            "with --overwrite): choose another --out or move it away"
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} holds an earlier comparison ({', '.join(present)}); replace it with --overwrite "
+            "or choose another --out"
+        )
+
+
+def is_old_compare(out: Path) -> bool:
+    """A comparison written before compare.json existed: its compare.md starts with our heading."""
+    try:
+        with open(out / "compare.md", encoding="utf-8") as f:
+            return f.readline().startswith("# Comparison — ")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def default_out(paths: list[Path]) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -187,9 +188,15 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+OUTPUT_FILES = ("compare.md", "compare.csv", "per_class_iou.png", "val_curves.png", "score_vs_time.png",
+                "data_efficiency.png")  # fmt: skip
+
+
 def write_outputs(result: CompareResult, runs: list[dict], units: list[Unit], plots: bool) -> None:
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    marker = {"written_by": "damage-smp compare", "metric": result.metric, "split": result.split}
+    atomic_write_bytes(out / "compare.json", (json.dumps(marker, indent=2) + "\n").encode("utf-8"))
     head, rows, ghead, grows = table_rows(result)
     chead, crows = class_table(result)
     md = [f"# Comparison — {result.split} split, metric `{result.metric}`", "", f"{len(rows)} run(s).", "",

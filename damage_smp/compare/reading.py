@@ -43,9 +43,10 @@ def to_float(v) -> float:
     if v is None or v == "":
         return math.nan
     try:
-        return float(v)
+        v = float(v)
     except (TypeError, ValueError):
         return math.nan
+    return v if math.isfinite(v) else math.nan  # inf is not a score: missing, like NaN
 
 
 def schedule_label(cfg: dict) -> str:
@@ -83,7 +84,7 @@ def read_run(run_dir: Path, name: str, split: str, metric: str) -> dict:
     row.update(_cost(history))
 
     evaluated = metrics.get(split) if metrics else None
-    row.update(_test_numbers(evaluated or {}, metric))
+    row.update(_test_numbers(evaluated or {}, metric, problems))
     if evaluated:
         per_image = run_dir / split_filename("per_image", split, ".csv")
         private["counts"], err = read_per_image(per_image, len(scheme.get("classes") or []))
@@ -147,9 +148,14 @@ def _cost(history: list[dict]) -> dict:
     )
 
 
-def _test_numbers(evaluated: dict, metric: str) -> dict:
-    """metrics.json's entry for the split (empty when not evaluated) -> summary, metric, per-class IoU columns."""
+def _test_numbers(evaluated: dict, metric: str, problems: list[str]) -> dict:
+    """metrics.json's entry for the split (empty when not evaluated) -> summary, metric, per-class IoU columns.
+
+    Infinity / NaN (a hand-edited or foreign metrics.json) are missing values, never averaged, and noted."""
     summary = evaluated.get("summary") or {}
+    odd = [k for k, v in summary.items() if isinstance(v, float) and not math.isfinite(v)]
+    if odd:
+        problems.append(f"non-finite {', '.join(odd)} in metrics.json treated as missing")
     out = {k: to_float(summary.get(k)) for k in SUMMARY_COLUMNS}
     out["metric"] = to_float(summary.get(metric))
     for c in evaluated.get("per_class") or []:
