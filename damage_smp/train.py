@@ -28,7 +28,7 @@ from .decode_cache import default_decode_cache
 from .images import WriteError
 from .labels import LabelScheme, resolve_scheme
 from .losses import DiceCELoss, class_weights_from_counts
-from .manifest import load_manifest, split_rows, table_problems
+from .manifest import check_leakage, load_manifest, split_rows
 from .memory import check_step_fits
 from .models import build_model, count_params, encoder_param_group, param_groups, set_encoder_frozen
 from .plots import save_curves
@@ -129,7 +129,9 @@ def setup(cfg: TrainConfig, resume: str | Path | None, console: Console) -> Run:
         torch.cuda.set_device(device)
     scheme = resolve_scheme(cfg.labels, cfg.ignore_background)
     manifest = load_manifest(cfg.manifest)
-    check_leakage(manifest, cfg, console if rank == 0 else None)
+    warning = check_leakage(manifest, cfg.manifest, cfg.allow_leakage)
+    if warning and rank == 0:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     train_rows = subset_rows(split_rows(manifest, "train"), cfg.train_fraction, cfg.seed)
     val_rows = split_rows(manifest, "val")
 
@@ -231,22 +233,6 @@ def claim_cleanup(claim: RunDirClaim | None):
         if claim is not None:
             claim.abandon()
         raise
-
-
-def check_leakage(manifest: pd.DataFrame, cfg: TrainConfig, console: Console | None) -> None:
-    """Refuse, as `manifest check` does, an image listed twice or in two splits (evaluate would score what it
-    trained on); --allow-leakage turns the refusal into a warning."""
-    problems = table_problems(manifest)
-    if not problems:
-        return
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    if not cfg.allow_leakage:
-        raise ValueError(
-            f"{cfg.manifest}: {problems[0]}{more}; `damage-smp manifest check {cfg.manifest}` lists them all. "
-            "Fix the manifest, or pass --allow-leakage to train anyway"
-        )
-    if console is not None:
-        console.print(f"[yellow]warning:[/] {escape(problems[0])}{more} (--allow-leakage)", soft_wrap=True)
 
 
 # ============================================================================================ the loop

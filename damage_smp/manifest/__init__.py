@@ -9,7 +9,15 @@ folder. ``load_manifest`` adds absolute ``image_path`` and ``mask_path`` columns
 ``split`` the split assignment and ``manifest split``.
 """
 
-from .audit import AuditReport, audit_manifest, count_classes, print_audit, run_with_progress, table_problems
+from .audit import (
+    AuditReport,
+    audit_manifest,
+    check_leakage,
+    count_classes,
+    print_audit,
+    run_with_progress,
+    table_problems,
+)
 from .build import build_manifest
 from .read import SPLITS, group_columns, load_manifest, split_rows, summarize
 from .split import assign_splits, split_manifest
@@ -19,6 +27,7 @@ __all__ = [
     "AuditReport",
     "assign_splits",
     "audit_manifest",
+    "check_leakage",
     "build_manifest",
     "count_classes",
     "group_columns",

@@ -303,3 +303,18 @@ def table_problems(df: pd.DataFrame) -> list[str]:
     problems: dict[str, list[str]] = {"split": [], "duplicate": []}
     _table_problems(df, problems)
     return problems["split"] + problems["duplicate"]
+
+
+def check_leakage(df: pd.DataFrame, manifest: str, allow: bool) -> str | None:
+    """Refuse, as `manifest check` does, an image listed twice or in two splits (evaluate would score what a
+    model trained on); with ``allow`` (train --allow-leakage) return the warning instead."""
+    problems = table_problems(df)
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    if not allow:
+        raise ValueError(
+            f"{manifest}: {problems[0]}{more}; `damage-smp manifest check {manifest}` lists them all. "
+            "Fix the manifest, or pass --allow-leakage to train anyway"
+        )
+    return f"{problems[0]}{more} (--allow-leakage)"
