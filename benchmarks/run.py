@@ -453,13 +453,17 @@ def bench_100mp(s: Settings) -> dict:
 def targets(r: dict) -> list[dict]:
     """One row per issue target: the ratio from the best repeats (judged) and from the medians (shown), the
     target, and whether it is met (None where it could not be measured here)."""
+    return [*train_targets(r), *step_targets(r), *predict_targets(r), *resource_targets(r)]
+
+
+def target_row(key, what, best, med, target, ok, detail="") -> dict:
+    return {"key": key, "what": what, "value": best, "median_value": med, "target": target, "met": ok,
+            "detail": detail}  # fmt: skip
+
+
+def train_targets(r: dict) -> list[dict]:
+    """train()'s pipeline against the raw training step, on the bundled sample and on large scans."""
     rows = []
-
-    def add(key, what, best, med, target, ok, detail=""):
-        rows.append({"key": key, "what": what, "value": best, "median_value": med, "target": target, "met": ok,
-                     "detail": detail})  # fmt: skip
-
-    steps = r.get("steps", {})
     batch = r["settings"]["batch"]
     for name, label in (("sample", "bundled sample"), ("large", "large scans")):
         t = r.get("train", {}).get(name)
@@ -468,8 +472,15 @@ def targets(r: dict) -> list[dict]:
         q, raw_best = t["pipeline"]["ratio"], batch / t["pipeline"]["raw_step"]["min_s"]
         detail = (f"paired median {q['paired_median']:.2f}; train(): best epoch {t['best_img_per_s']:.2f} img/s "
                   f"vs raw {raw_best:.2f}, data wait {100 * t['data_share']:.1f} % of epoch time")  # fmt: skip
-        add(f"train_{name}", f"train pipeline ÷ raw step, {label}", q["min"], q["median"], ">= 0.90", q["min"] >= 0.9,
-            detail)  # fmt: skip
+        rows.append(target_row(f"train_{name}", f"train pipeline ÷ raw step, {label}", q["min"], q["median"],
+                               ">= 0.90", q["min"] >= 0.9, detail))  # fmt: skip
+    return rows
+
+
+def step_targets(r: dict) -> list[dict]:
+    """Speed-ups of one training step: frozen encoder, channels_last, AMP (this one on a GPU only)."""
+    rows = []
+    steps = r.get("steps", {})
     pairs = [("frozen", "frozen encoder step speed-up, Unet-resnet34", "resnet34", "resnet34 frozen", ">= 1.70", 1.7),
              ("channels_last_lite0", "channels_last speed-up, lite0 step", "lite0 contiguous", "lite0", "> 1", 1.0),
              ("channels_last_resnet34", "channels_last speed-up, resnet34 step", "resnet34 contiguous", "resnet34",
@@ -479,64 +490,68 @@ def targets(r: dict) -> list[dict]:
         if slow in steps and fast in steps:
             q = ratios(steps[slow], steps[fast])
             ok = q["min"] >= bar if target.startswith(">=") else q["min"] > bar
-            add(
-                key,
-                what,
-                q["min"],
-                q["median"],
-                target,
-                ok,
-                f"best {steps[slow]['min_s']:.3f} s vs {steps[fast]['min_s']:.3f} s per step",
+            rows.append(
+                target_row(
+                    key,
+                    what,
+                    q["min"],
+                    q["median"],
+                    target,
+                    ok,
+                    f"best {steps[slow]['min_s']:.3f} s vs {steps[fast]['min_s']:.3f} s per step",
+                )
             )
         elif key == "gpu_amp":
-            add(key, what, None, None, target, None, "unmeasured: no GPU in this run")
+            rows.append(target_row(key, what, None, None, target, None, "unmeasured: no GPU in this run"))
+    return rows
+
+
+def predict_targets(r: dict) -> list[dict]:
+    """predict's wall time against the raw forward passes of its tiles, on the sample and on large scans."""
+    rows = []
     for name in ("sample", "large"):
         p = r.get("predict", {}).get(name)
         if p:
             q = p["ratio"]
-            add(
-                f"predict_{name}",
-                f"predict wall ÷ raw forward of its tiles, {name}",
-                q["min"],
-                q["median"],
-                "<= 1.15",
-                q["min"] <= 1.15,
-                f"{p['images']} x {p['size'][0]}x{p['size'][1]}, {p['tiles']} tiles of {p['tile']}, "
-                f"overlap {p['overlap']:g}; {p.get('ratio_without_model_load', float('nan')):.2f} without the "
-                f"{p.get('model_load', {}).get('min_s', float('nan')):.2f} s model load",
+            rows.append(
+                target_row(
+                    f"predict_{name}",
+                    f"predict wall ÷ raw forward of its tiles, {name}",
+                    q["min"],
+                    q["median"],
+                    "<= 1.15",
+                    q["min"] <= 1.15,
+                    f"{p['images']} x {p['size'][0]}x{p['size'][1]}, {p['tiles']} tiles of {p['tile']}, "
+                    f"overlap {p['overlap']:g}; {p.get('ratio_without_model_load', float('nan')):.2f} without the "
+                    f"{p.get('model_load', {}).get('min_s', float('nan')):.2f} s model load",
+                )
             )
+    return rows
+
+
+def resource_targets(r: dict) -> list[dict]:
+    """Peak memory predicting a 100 MP scan, and how busy the GPU is during training."""
+    rows = []
     big = r.get("100mp", {})
     if "peak_rss_mb" in big:
-        add(
-            "predict_100mp_rss",
-            "peak RSS predicting 100 MP, MB",
-            big["peak_rss_mb"],
-            None,
-            "< 3072",
-            big["peak_rss_mb"] < 3072,
-            f"{big['image_px'][0]}x{big['image_px'][1]}, {big['n_tiles']} tiles, {big['wall_s']:.0f} s",
+        rows.append(
+            target_row(
+                "predict_100mp_rss",
+                "peak RSS predicting 100 MP, MB",
+                big["peak_rss_mb"],
+                None,
+                "< 3072",
+                big["peak_rss_mb"] < 3072,
+                f"{big['image_px'][0]}x{big['image_px'][1]}, {big['n_tiles']} tiles, {big['wall_s']:.0f} s",
+            )
         )
     busy = [t.get("gpu_util") for t in r.get("train", {}).values() if t.get("gpu_util") is not None]
+    what = "GPU busy share of a training epoch, %"
     if busy:
-        add(
-            "gpu_busy",
-            "GPU busy share of a training epoch, %",
-            min(busy),
-            None,
-            "> 90",
-            min(busy) > 90,
-            "history.csv gpu_util (NVML), the lower of the two train runs",
-        )
+        detail = "history.csv gpu_util (NVML), the lower of the two train runs"
+        rows.append(target_row("gpu_busy", what, min(busy), None, "> 90", min(busy) > 90, detail))
     else:
-        add(
-            "gpu_busy",
-            "GPU busy share of a training epoch, %",
-            None,
-            None,
-            "> 90",
-            None,
-            "unmeasured: no GPU in this run",
-        )
+        rows.append(target_row("gpu_busy", what, None, None, "> 90", None, "unmeasured: no GPU in this run"))
     return rows
 
 

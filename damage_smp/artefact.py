@@ -83,11 +83,7 @@ def import_artefact(
     Returns the manifest's path. Rows that fail (unreadable bytes, size mismatch, above ``max_pixels``) are
     reported and left out; after writing the manifest of the others, ``ArtefactImportError`` lists them.
     """
-    if max_side is not None and max_side < MIN_SIDE:
-        raise ValueError(f"--max-side {max_side}: too small; give at least {MIN_SIDE} pixels, or leave it out")
-    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    if max_pixels < 1:
-        raise ValueError(f"--max-pixels {max_pixels}: must be positive")
+    max_pixels = check_size_limits(max_side, max_pixels)
     out_dir = Path(out_dir)
     files = find_parquet_files(inputs)
     rows, group_cols, dupes = index_rows(files)
@@ -133,6 +129,16 @@ def import_artefact(
     if failures:
         raise import_error(failures, len(rows), len(images), out_dir)
     return manifest
+
+
+def check_size_limits(max_side: int | None, max_pixels: int | None) -> int:
+    """Refuse a --max-side below MIN_SIDE or a --max-pixels below 1; returns max_pixels (None: the default)."""
+    if max_side is not None and max_side < MIN_SIDE:
+        raise ValueError(f"--max-side {max_side}: too small; give at least {MIN_SIDE} pixels, or leave it out")
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if max_pixels < 1:
+        raise ValueError(f"--max-pixels {max_pixels}: must be positive")
+    return max_pixels
 
 
 def sort_done(

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -65,15 +67,58 @@ def evaluate(
     paths = RunPaths(run_dir)
     cfg, scheme, _ = read_run_config(run_dir)  # missing dir / not a run / other config_version: one clear line
     ckpt_path = checkpoint_path(paths, checkpoint)
+    tile, overlap, batch_size, max_pixels = window_settings(cfg, tile, overlap, batch_size, max_pixels)
+    manifest_path, foreign, rows, groups, split_key = load_split(paths, cfg.manifest, manifest, split, console)
+
+    # ------------------------------------------------------------------ model
+    dev = resolve_device(device)
+    bundle = load_bundle(run_dir, checkpoint, dev)
+    predict = partial(predict_index, bundle.model, num_classes=scheme.num_classes, tile=tile, overlap=overlap,
+                      batch_size=batch_size, device=dev, amp_dtype=resolve_amp(cfg.amp, dev), tta=tta)  # fmt: skip
+    console.print(
+        f"[bold]{run_dir}[/]  {ckpt_path.name} (epoch {bundle.epoch})  {split_key}: {len(rows)} images  "
+        f"tile {tile} overlap {overlap:g}{'  TTA x4' if tta else ''}  device={dev}"
+    )
+
+    # ------------------------------------------------------------------ the loop, then the numbers
+    total, mats, per_image = score_images(rows, groups, predict, scheme, foreign, max_pixels, console, split_key)
+    entry = {
+        "summary": total.summary(scheme),
+        "per_class": total.per_class(scheme),
+        "image_detection": image_detection(mats, scheme),
+        "groups": {col: group_rows(rows[col].tolist(), mats, scheme) for col in groups},
+        "manifest": str(manifest_path.resolve()),
+        "manifest_sha256": sha256_file(manifest_path),
+        "checkpoint": checkpoint,
+        "epoch": bundle.epoch,
+        "tta": bool(tta),
+        "tile": tile,
+        "overlap": overlap,
+        "n_images": len(rows),
+        "confusion_matrix": total.to_numpy().tolist(),
+        "note": "absent classes are NaN and skipped",
+    }
+    files = write_outputs(paths, split_key, entry, total, per_image, groups, scheme)
+    print_summary(console, split_key, entry, scheme)
+    console.print("wrote " + ", ".join(str(f) for f in files))
+    return {**entry, "split_key": split_key, "files": [str(f) for f in files]}
+
+
+# ============================================================================================ pieces
+def window_settings(cfg, tile: int | None, overlap: float | None, batch_size: int | None, max_pixels: int | None):
+    """(tile, overlap, batch_size, max_pixels): each one given, or the run's training setting."""
     tile = cfg.tile if tile is None else tile
     overlap = cfg.overlap if overlap is None else overlap
     batch_size = cfg.batch_size if batch_size is None else batch_size
     max_pixels = cfg.max_pixels if max_pixels is None else max_pixels
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: must be >= 1")
+    return tile, overlap, batch_size, max_pixels
 
-    # ------------------------------------------------------------------ data
-    manifest_path, foreign = resolve_manifest(paths, cfg.manifest, manifest, console)
+
+def load_split(paths: RunPaths, trained_on: str, given: str | Path | None, split: str, console: Console):
+    """(manifest path, foreign?, the split's rows, group columns, split key); a split not present: an error."""
+    manifest_path, foreign = resolve_manifest(paths, trained_on, given, console)
     df = load_manifest(manifest_path)
     present = [s for s in SPLITS if (df["split"] == s).any()]
     if split not in present:
@@ -81,20 +126,13 @@ def evaluate(
             f"{manifest_path}: no {split!r} split (splits present: {', '.join(present) or 'none'}); "
             f"choose one with --split"
         )
-    rows = split_rows(df, split)
-    groups = group_columns(df)
     split_key = f"{split}@{manifest_path.stem}" if foreign else split
+    return manifest_path, foreign, split_rows(df, split), group_columns(df), split_key
 
-    # ------------------------------------------------------------------ model
-    dev = resolve_device(device)
-    bundle = load_bundle(run_dir, checkpoint, dev)
-    amp_dtype = resolve_amp(cfg.amp, dev)
-    console.print(
-        f"[bold]{run_dir}[/]  {ckpt_path.name} (epoch {bundle.epoch})  {split_key}: {len(rows)} images  "
-        f"tile {tile} overlap {overlap:g}{'  TTA x4' if tta else ''}  device={dev}"
-    )
 
-    # ------------------------------------------------------------------ the loop: one matrix per image
+def score_images(rows, groups: list[str], predict: Callable, scheme: LabelScheme, foreign: bool, max_pixels: int,
+                 console: Console, split_key: str) -> tuple[ConfusionMatrix, list[np.ndarray], list[dict]]:  # fmt: skip
+    """Predict every image of the split: (the split's matrix, one (C, C) matrix per image, per-image rows)."""
     total = ConfusionMatrix(scheme.num_classes)
     mats: list[np.ndarray] = []
     per_image: list[dict] = []
@@ -108,54 +146,17 @@ def evaluate(
                     f"{row['mask_path']}: mask is {target.shape[1]}x{target.shape[0]} but its image "
                     f"{row['image_path']} is {image.shape[1]}x{image.shape[0]}; masks must match their images"
                 )
-            pred = predict_index(
-                bundle.model,
-                image,
-                scheme.num_classes,
-                tile=tile,
-                overlap=overlap,
-                batch_size=batch_size,
-                device=dev,
-                amp_dtype=amp_dtype,
-                tta=tta,
-            )  # (H, W) uint8
             cm = ConfusionMatrix(scheme.num_classes)
-            cm.update(pred, target)
+            cm.update(predict(image), target)  # prediction: (H, W) uint8
             total.merge(cm)
             mat = cm.to_numpy()  # (C, C) int64 [target, pred]
             mats.append(mat)
             per_image.append({"image": row["image"], "image_path": row["image_path"],
                               **{g: row[g] for g in groups}, **per_image_counts(mat, scheme)})  # fmt: skip
             bar.advance(task)
-
-    # ------------------------------------------------------------------ numbers
-    summary = total.summary(scheme)
-    group_tables = {col: group_rows(rows[col].tolist(), mats, scheme) for col in groups}
-    entry = {
-        "summary": summary,
-        "per_class": total.per_class(scheme),
-        "image_detection": image_detection(mats, scheme),
-        "groups": group_tables,
-        "manifest": str(manifest_path.resolve()),
-        "manifest_sha256": sha256_file(manifest_path),
-        "checkpoint": checkpoint,
-        "epoch": bundle.epoch,
-        "tta": bool(tta),
-        "tile": tile,
-        "overlap": overlap,
-        "n_images": len(rows),
-        "confusion_matrix": total.to_numpy().tolist(),
-        "note": "absent classes are NaN and skipped",
-    }
-
-    # ------------------------------------------------------------------ files
-    files = write_outputs(paths, split_key, entry, total, per_image, groups, scheme)
-    print_summary(console, split_key, entry, scheme)
-    console.print("wrote " + ", ".join(str(f) for f in files))
-    return {**entry, "split_key": split_key, "files": [str(f) for f in files]}
+    return total, mats, per_image
 
 
-# ============================================================================================ pieces
 def checkpoint_path(paths: RunPaths, checkpoint: str) -> Path:
     """The checkpoint file to evaluate (best, last, epoch_005 or a .pt path); missing: an error with the fix.
 

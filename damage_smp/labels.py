@@ -45,7 +45,7 @@ class LabelScheme:
     background: str | None = None
     _lut: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901 - a flat list of independent checks, one per rule
         if not self.classes:
             raise ValueError(f"label scheme {self.name!r} has no classes")
         if len(self.classes) >= IGNORE_INDEX:

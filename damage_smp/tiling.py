@@ -214,6 +214,87 @@ def _run_model(model, batch: torch.Tensor, num_classes: int, amp_dtype, tta: boo
 
 
 # ----------------------------------------------------------------------------------------- blending
+class _BlendBand:
+    """The (C, th, padded W) accumulator and (th, padded W) weight band: a ring buffer over image rows.
+
+    ``add`` puts one tile's weighted probabilities in; ``flush`` hands finished rows on and zeroes their band
+    rows for reuse (module docstring, 4.). ``h``/``w``: the original image size, to which flushed rows are cropped.
+    """
+
+    def __init__(self, plan: TilePlan, num_classes: int, accum_dtype: torch.dtype, device: torch.device):
+        (_, pw), (self.th, self.tw) = plan.padded, plan.tile
+        self.h, self.w = plan.size
+        self.accum_dtype = accum_dtype
+        self.window = gaussian_weights((self.th, self.tw)).to(device)  # (th, tw)
+        self.scale = _accumulator_scale(plan, accum_dtype)
+        self.acc = torch.zeros((num_classes, self.th, pw), dtype=accum_dtype, device=device)
+        self.wsum = torch.zeros((self.th, pw), dtype=torch.float32, device=device)
+
+    def ring(self, y0: int, y1: int) -> list[tuple[slice, int]]:
+        """Image rows [y0, y1) (at most th of them) -> [(band slice, offset into the rows)], <= 2 pieces."""
+        s, n = y0 % self.th, y1 - y0
+        first = min(n, self.th - s)
+        pieces = [(slice(s, s + first), 0)]
+        if n > first:
+            pieces.append((slice(0, n - first), first))
+        return pieces
+
+    def add(self, probs: torch.Tensor, y: int, x0: int) -> None:
+        """Add one tile's (C, th, tw) window-weighted probabilities, placed at (y, x0), and its window."""
+        for band, off in self.ring(y, y + self.th):
+            n = band.stop - band.start
+            piece = probs[:, off : off + n]  # (C, n, tw) weighted probabilities
+            if self.scale != 1:
+                piece = piece * self.scale
+            self.acc[:, band, x0 : x0 + self.tw] += piece.to(self.accum_dtype)
+            self.wsum[band, x0 : x0 + self.tw] += self.window[off : off + n]
+
+    def flush(self, y0: int, y1: int) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
+        """Normalise image rows [y0, y1) (cropped to the image), yield them, and zero their band rows."""
+        for band, off in self.ring(y0, y1):
+            r0 = y0 + off
+            keep = min(r0 + (band.stop - band.start), self.h) - r0  # rows below the image are padding: dropped
+            for x0 in range(0, self.w, FLUSH_COLUMNS) if keep > 0 else ():
+                x1 = min(x0 + FLUSH_COLUMNS, self.w)
+                yield r0, r0 + keep, x0, x1, self._normalised(slice(band.start, band.start + keep), x0, x1)
+            self.acc[:, band].zero_()
+            self.wsum[band].zero_()
+
+    def _normalised(self, rows: slice, x0: int, x1: int) -> torch.Tensor:
+        """(C, rows, x1 - x0) float32 probabilities = accumulated sum / accumulated weight."""
+        # computed here, not in flush: a generator must never yield inside inference_mode (it would leak)
+        with torch.inference_mode():
+            weight = self.wsum[rows, x0:x1] * self.scale if self.scale != 1 else self.wsum[rows, x0:x1]
+            return self.acc[:, rows, x0:x1].float() / weight
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Callable) -> Iterator[None]:
+    """A torch module in eval mode for the block, back in training mode after it if it was (also on errors)."""
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _record_stats(plan: TilePlan, band: _BlendBand) -> None:
+    """Fill STATS from the tensors really allocated (read by the memory test and the benchmark)."""
+    acc, wsum = band.acc, band.wsum
+    STATS.clear()
+    STATS.update(
+        accumulator_bytes=acc.numel() * acc.element_size() + wsum.numel() * wsum.element_size(),
+        accumulator_shape=tuple(acc.shape),
+        weight_bytes=wsum.numel() * wsum.element_size(),
+        padded_size=plan.padded,
+        tile_size=plan.tile,
+        n_tiles=len(plan.coords),
+    )
+
+
 def iter_blended_rows(
     model: Callable,
     image,
@@ -236,75 +317,26 @@ def iter_blended_rows(
     device = torch.device(device)
     amp_dtype = as_amp_dtype(amp_dtype)
     img = as_chw_uint8(image)
-    h, w = img.shape[-2:]
-    plan = plan_tiles(h, w, tile, overlap)
-    (ph, pw), (th, tw) = plan.padded, plan.tile
-    window = gaussian_weights((th, tw)).to(device)  # (th, tw)
-    scale = _accumulator_scale(plan, accum_dtype)
-    acc = torch.zeros((num_classes, th, pw), dtype=accum_dtype, device=device)  # ring buffer over rows
-    wsum = torch.zeros((th, pw), dtype=torch.float32, device=device)
-    STATS.clear()
-    STATS.update(
-        accumulator_bytes=acc.numel() * acc.element_size() + wsum.numel() * wsum.element_size(),
-        accumulator_shape=tuple(acc.shape),
-        weight_bytes=wsum.numel() * wsum.element_size(),
-        padded_size=(ph, pw),
-        tile_size=(th, tw),
-        n_tiles=len(plan.coords),
-    )
-
-    def ring(y0: int, y1: int):
-        """Image rows [y0, y1) (at most th of them) -> [(band slice, offset into the rows)], <= 2 pieces."""
-        s, n = y0 % th, y1 - y0
-        first = min(n, th - s)
-        pieces = [(slice(s, s + first), 0)]
-        if n > first:
-            pieces.append((slice(0, n - first), first))
-        return pieces
-
-    def flush(y0: int, y1: int):
-        """Normalise image rows [y0, y1) (cropped to the image), yield them, and zero their band rows."""
-        for band, off in ring(y0, y1):
-            r0 = y0 + off
-            r1 = r0 + (band.stop - band.start)
-            keep = min(r1, h) - r0  # rows below the image are padding: dropped
-            for x0 in range(0, w, FLUSH_COLUMNS) if keep > 0 else ():
-                x1 = min(x0 + FLUSH_COLUMNS, w)
-                rows = slice(band.start, band.start + keep)
-                with torch.inference_mode():
-                    weight = wsum[rows, x0:x1] * scale if scale != 1 else wsum[rows, x0:x1]  # (keep, x1 - x0)
-                    probs = acc[:, rows, x0:x1].float() / weight  # (C, keep, x1 - x0)
-                yield r0, r0 + keep, x0, x1, probs  # never yield inside inference_mode: it would leak
-            acc[:, band].zero_()
-            wsum[band].zero_()
-
-    model_was_training = isinstance(model, torch.nn.Module) and model.training
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    try:
+    plan = plan_tiles(*img.shape[-2:], tile, overlap)
+    band = _BlendBand(plan, num_classes, accum_dtype, device)
+    _record_stats(plan, band)
+    with _eval_mode(model):
         band_y = 0  # first image row not yet handed on; the band holds rows [band_y, band_y + th)
         done = 0
         for batch, coords in iter_tile_batches(img, plan, batch_size):
             with torch.inference_mode():
                 x = batch.to(device, non_blocking=True).float()  # (N, 3, th, tw) in 0..255
-                probs = _run_model(model, x, num_classes, amp_dtype, tta) * window  # (N, C, th, tw)
+                probs = _run_model(model, x, num_classes, amp_dtype, tta) * band.window  # (N, C, th, tw)
             # accumulation runs outside inference_mode because flush() yields; acc needs no grad anyway
             for k, (y, x0) in enumerate(coords):
                 if y > band_y:  # a new tile row starts: every row above it is final
-                    yield from flush(band_y, y)
+                    yield from band.flush(band_y, y)
                     band_y = y
-                for band, off in ring(y, y + th):
-                    n = band.stop - band.start
-                    piece = probs[k, :, off : off + n]  # (C, n, tw) weighted probabilities
-                    acc[:, band, x0 : x0 + tw] += (piece * scale if scale != 1 else piece).to(accum_dtype)
-                    wsum[band, x0 : x0 + tw] += window[off : off + n]
+                band.add(probs[k], y, x0)
             done += len(coords)
             if progress is not None:
                 progress(done, len(plan.coords))
-        yield from flush(band_y, ph)
-    finally:
-        if model_was_training:
-            model.train()
+        yield from band.flush(band_y, plan.padded[0])
 
 
 def _accumulator_scale(plan: TilePlan, accum_dtype: torch.dtype) -> float:

@@ -150,7 +150,38 @@ def gallery_body(
     width: int,
 ) -> str:
     scheme = batch.scheme
-    present = sorted(
+    present = damage_present(scheme, shown)
+    meta = [f"{len(batch.scans)} scans", f"label scheme <code>{esc(scheme.name)}</code>"]
+    if batch.run_dir:
+        meta.append(f"model <code>{esc(Path(batch.run_dir).name)}</code>")
+    cap = ""
+    if len(shown) < len(batch.scans):
+        cap = (
+            f'<p class="note" id="cap">Showing the {len(shown)} most damaged of {len(batch.scans)} scans '
+            f"(--max-images {max_images}); the summary above covers all {len(batch.scans)}.</p>"
+        )
+    cards = "".join(
+        card_html(k, s, r, scheme, page, width) for k, (s, r) in enumerate(zip(shown, rendered, strict=True))
+    )
+    legend = legend_html([c for i, c in enumerate(classes) if i in present])
+    return f"""<header class="top"><h1>{esc(title)}</h1><p class="meta">{" · ".join(meta)}</p></header>
+<main id="content">
+<section class="panel" id="summary" aria-labelledby="h-summary"><h2 id="h-summary">Collection summary</h2>
+{notes_html(batch, notes)}{summary_html(batch)}</section>
+<section id="gallery" aria-labelledby="h-gallery"><h2 id="h-gallery">Scans</h2>{cap}
+{toolbar_html(scheme, present, classes, len(shown))}
+<noscript><p class="note">JavaScript is off: the damage overlays, sorting and filters need it.</p></noscript>
+<div class="grid" id="grid">{cards}</div>
+<p class="hint">Click a scan (or focus it and press Enter) to see it large; ← and → step through the shown scans.
+Areas are % of the object (every pixel but background), from areas.csv. Legend: {legend}</p>
+</section>
+</main>
+{VIEWER_HTML}"""
+
+
+def damage_present(scheme: LabelScheme, shown: list[Scan]) -> list[int]:
+    """Indices of the damage classes found in at least one shown scan: the toolbar offers only these."""
+    return sorted(
         {
             int(i)
             for s in shown
@@ -158,6 +189,23 @@ def gallery_body(
             if i in scheme.damage_indices and s.pixels.get(scheme.names[i], 0) > 0
         }
     )
+
+
+def notes_html(batch: Batch, notes: list[str]) -> str:
+    """The caller's notes, then the scans predict could not read (the first 20; all are in failures.csv)."""
+    note_html = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
+    if batch.failures:
+        items = "".join(f"<li><code>{esc(p)}</code>: {esc(e)}</li>" for p, e in batch.failures[:20])
+        more = f"<li>… and {len(batch.failures) - 20} more (failures.csv)</li>" if len(batch.failures) > 20 else ""
+        note_html += (
+            f'<div class="note"><b>{len(batch.failures)} scan(s) failed in predict</b> (failures.csv):'
+            f"<ul>{items}{more}</ul></div>"
+        )
+    return note_html
+
+
+def toolbar_html(scheme: LabelScheme, present: list[int], classes: list[dict], n_shown: int) -> str:
+    """Sort, filter and opacity controls and one overlay chip per present class (and background, if any)."""
     bg = scheme.background_index
     toggles = present + ([bg] if bg is not None else [])
     chips = "".join(
@@ -169,49 +217,20 @@ def gallery_body(
     sort_opts += [f'<option value="class:{i}">{esc(scheme.names[i])} area, largest first</option>' for i in present]
     filter_opts = ['<option value="">all scans</option>', '<option value="any">any damage</option>']
     filter_opts += [f'<option value="{i}">{esc(scheme.names[i])}</option>' for i in present]
-    meta = [f"{len(batch.scans)} scans", f"label scheme <code>{esc(scheme.name)}</code>"]
-    if batch.run_dir:
-        meta.append(f"model <code>{esc(Path(batch.run_dir).name)}</code>")
-    cap = ""
-    if len(shown) < len(batch.scans):
-        cap = (
-            f'<p class="note" id="cap">Showing the {len(shown)} most damaged of {len(batch.scans)} scans '
-            f"(--max-images {max_images}); the summary above covers all {len(batch.scans)}.</p>"
-        )
-    note_html = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
-    if batch.failures:
-        items = "".join(f"<li><code>{esc(p)}</code>: {esc(e)}</li>" for p, e in batch.failures[:20])
-        more = f"<li>… and {len(batch.failures) - 20} more (failures.csv)</li>" if len(batch.failures) > 20 else ""
-        note_html += (
-            f'<div class="note"><b>{len(batch.failures)} scan(s) failed in predict</b> (failures.csv):'
-            f"<ul>{items}{more}</ul></div>"
-        )
-    cards = "".join(
-        card_html(k, s, r, scheme, page, width) for k, (s, r) in enumerate(zip(shown, rendered, strict=True))
-    )
-    legend = legend_html([c for i, c in enumerate(classes) if i in present])
-    return f"""<header class="top"><h1>{esc(title)}</h1><p class="meta">{" · ".join(meta)}</p></header>
-<main id="content">
-<section class="panel" id="summary" aria-labelledby="h-summary"><h2 id="h-summary">Collection summary</h2>
-{note_html}{summary_html(batch)}</section>
-<section id="gallery" aria-labelledby="h-gallery"><h2 id="h-gallery">Scans</h2>{cap}
-<form class="toolbar" id="toolbar" aria-label="Sort, filter and overlay" onsubmit="return false">
+    return f"""<form class="toolbar" id="toolbar" aria-label="Sort, filter and overlay" onsubmit="return false">
 <label>Sort <select id="sort">{"".join(sort_opts)}</select></label>
 <label>Show <select id="fclass">{"".join(filter_opts)}</select></label>
 <label>above <input id="fmin" type="number" min="0" max="100" step="0.01" value="0"> %</label>
 <label>Name <input id="fname" type="search" placeholder="contains…" size="12"></label>
 <label>Overlay opacity <input id="opacity" type="range" min="0" max="100" value="70"></label>
-<output id="count" aria-live="polite">{len(shown)} of {len(shown)} scans shown</output>
+<output id="count" aria-live="polite">{n_shown} of {n_shown} scans shown</output>
 <fieldset class="chips" id="classes"><legend>Draw</legend>{chips}
 <button type="button" id="all-classes">all</button><button type="button" id="no-classes">none</button></fieldset>
-</form>
-<noscript><p class="note">JavaScript is off: the damage overlays, sorting and filters need it.</p></noscript>
-<div class="grid" id="grid">{cards}</div>
-<p class="hint">Click a scan (or focus it and press Enter) to see it large; ← and → step through the shown scans.
-Areas are % of the object (every pixel but background), from areas.csv. Legend: {legend}</p>
-</section>
-</main>
-<dialog id="viewer" aria-labelledby="viewer-title"><div class="viewer">
+</form>"""
+
+
+# the viewer dialog: static; report.js fills it with the scan that is opened
+VIEWER_HTML = """<dialog id="viewer" aria-labelledby="viewer-title"><div class="viewer">
 <div class="stage"><div class="frame" id="viewer-frame"><span class="fit" style="left:0;top:0;width:100%;height:100%">
 <img id="viewer-img" alt=""><canvas id="viewer-canvas" aria-hidden="true"></canvas></span></div></div>
 <div class="side"><h2 id="viewer-title">scan</h2><p class="total" id="viewer-total"></p>
