@@ -1,22 +1,4 @@
-"""Import ARTeFACT (Ivanova et al., WACV 2025) from its Hugging Face parquet shards: images, index masks, manifest.
-
-The dataset (``danielaivanova/damaged-media``) stores each scan as one parquet row: ``id``, ``image`` and
-``annotation`` (HF ``Image`` features, i.e. structs ``{bytes, path}``), ``annotation_rgb``, the group columns
-``material``, ``content``, ``type`` and free-text descriptions. ``annotation`` is a single-channel PNG: 0 Clean,
-1–15 the damage classes in the ``artefact`` scheme's order, 255 Background.
-
-What the import writes under ``OUT``::
-
-  images/<id>.png|.jpg   the scan; copied byte for byte unless it is downscaled or EXIF-rotated (ids that are
-                         not safe file names are sanitised: letters, digits, '.', '_', '-')
-  masks/<id>.png         8-bit index mask, values exactly as in the annotation (0–15, 255)
-  manifest.csv           image,mask,split,material,content,type (paths relative to OUT)
-  import.json            the import's settings, warnings, failures and renamed ids; lets a re-run continue it
-
-The shards are streamed one row at a time (never the whole dataset in memory). A re-run skips rows whose files
-exist, so an interrupted import continues where it stopped. ARTeFACT has no official split: the manifest gets a
-seeded random 70/15/15 split, to be replaced by a grouped one with ``damage-smp manifest split``.
-"""
+"""The import itself: settings, resumable per-row writes, the manifest and import.json."""
 
 from __future__ import annotations
 
@@ -24,20 +6,17 @@ import csv
 import hashlib
 import io
 import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from rich.console import Console
 
-from .console import escape, progress_bar
-from .images import DEFAULT_MAX_PIXELS, atomic_write_bytes, write_image
+from ..console import escape, progress_bar
+from ..images import DEFAULT_MAX_PIXELS, atomic_write_bytes, write_image
+from .decode import decode_image_bytes, decode_mask_bytes, encoded_size, exif_orientation, image_kind, mask_values
+from .parquet import ScanRow, find_parquet_files, index_rows, stream_rows
 
-REQUIRED_COLUMNS = ("id", "image", "annotation")
-GROUP_COLUMNS = ("material", "content", "type")
 MASK_VALUES = frozenset([*range(16), 255])  # ARTeFACT: 0 Clean, 1-15 damage, 255 Background
 SPLIT_FRACTIONS = (("test", 0.15), ("val", 0.15))  # the rest is train
 SPLITS = ("train", "val", "test")
@@ -49,26 +28,12 @@ RESPLIT_HINT = (
     "ARTeFACT has no official split and random splits leak near-duplicates between train and test: "
     "re-split by group, e.g. damage-smp manifest split {manifest} --out {out} --by material"
 )
-_PNG = b"\x89PNG\r\n\x1a\n"
-_JPEG = b"\xff\xd8\xff"
 
 
 class ArtefactImportError(ValueError):
     """Some rows could not be imported; the others were, and the manifest lists them."""
 
 
-@dataclass(frozen=True)
-class ScanRow:
-    """One parquet row, known from its cheap columns before any image bytes are read."""
-
-    id: str
-    name: str  # safe, unique file stem
-    source: Path
-    index: int  # row number within its file
-    groups: dict[str, str] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------------- the verb
 def import_artefact(
     inputs: list[Path],
     out_dir: Path,
@@ -201,146 +166,6 @@ def import_error(failures: dict[str, str], n_rows: int, n_images: int, out_dir: 
 
 
 # ------------------------------------------------------------------------------------------- inputs
-def find_parquet_files(inputs: list[Path]) -> list[Path]:
-    """Parquet files named directly or found (recursively, hidden folders skipped) under named folders."""
-    if not inputs:
-        raise ValueError("no input given; pass ARTeFACT .parquet files or a folder holding them")
-    files: list[Path] = []
-    for p in map(Path, inputs):
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: not found; pass ARTeFACT .parquet files or a folder holding them")
-        if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*.parquet")
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            if not found:
-                raise ValueError(
-                    f"{p}: no .parquet files in this folder (searched recursively); download the shards "
-                    "first, see docs/artefact.md"
-                )
-            files += found
-        else:
-            files.append(p)
-    unique = {f.resolve(): f for f in files}  # a file named twice (directly and via its folder) counts once
-    return list(unique.values())
-
-
-def open_parquet(path: Path):
-    """pyarrow ParquetFile, with a one-line error for files that are not parquet."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a readable parquet file ({reason}); pass the ARTeFACT .parquet shards") from None
-
-
-def check_columns(path: Path, schema) -> None:
-    """Refuse a parquet file without ARTeFACT's columns, naming the missing ones."""
-    import pyarrow as pa
-
-    names = schema.names
-    missing = [c for c in REQUIRED_COLUMNS if c not in names]
-    if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {', '.join(missing)} (it has {', '.join(names) or 'none'}); "
-            "pass shards of the ARTeFACT dataset danielaivanova/damaged-media"
-        )
-    for name in ("image", "annotation"):
-        t = schema.field(name).type
-        ok = pa.types.is_binary(t) or pa.types.is_large_binary(t)
-        ok = ok or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)
-        if not ok:
-            raise ValueError(
-                f"{path}: column {name!r} is {t}, not image bytes (a struct {{bytes, path}} or binary); "
-                "pass shards of the ARTeFACT dataset danielaivanova/damaged-media"
-            )
-
-
-def index_rows(files: list[Path]) -> tuple[list[ScanRow], list[str], list[str]]:
-    """Read only the cheap columns of every file: rows sorted by id, group columns present, duplicate notes.
-
-    Sorting by id makes file names and the random split independent of how the data were sharded.
-    """
-    found: list[tuple[str, Path, int, dict]] = []
-    group_cols: list[str] = []
-    for path in files:
-        with open_parquet(path) as pf:
-            schema = pf.schema_arrow
-            check_columns(path, schema)
-            groups = [c for c in GROUP_COLUMNS if c in schema.names]
-            group_cols += [c for c in groups if c not in group_cols]
-            table = pf.read(columns=["id", *groups])
-        ids = table.column("id").to_pylist()
-        values = {c: table.column(c).to_pylist() for c in groups}
-        for i, rid in enumerate(ids):
-            rid = f"{path.stem}-{i}" if rid is None or str(rid).strip() == "" else str(rid)
-            found.append((rid, path, i, {c: _text(values[c][i]) for c in groups}))
-    group_cols = [c for c in GROUP_COLUMNS if c in group_cols]
-    found.sort(key=lambda r: r[0])  # stable: duplicates keep file order
-
-    rows: list[ScanRow] = []
-    seen: dict[str, Path] = {}
-    used: set[str] = set()
-    dupes: list[str] = []
-    for rid, path, i, groups in found:
-        if rid in seen:
-            dupes.append(f"id {rid} appears in {seen[rid]} and {path} (row {i}); importing it once")
-            continue
-        seen[rid] = path
-        name = unique_name(safe_name(rid), used)
-        rows.append(ScanRow(rid, name, path, i, {c: groups.get(c, "") for c in group_cols}))
-    return rows, group_cols, dupes
-
-
-def safe_name(text: str) -> str:
-    """An id -> a file stem safe on every file system (letters, digits, '.', '_', '-')."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
-    return name[:120] or "row"
-
-
-def unique_name(name: str, used: set[str]) -> str:
-    """name, or name-2, name-3, ... if two ids sanitise to the same stem (case-insensitive file systems too)."""
-    candidate, k = name, 1
-    while candidate.lower() in used:
-        k += 1
-        candidate = f"{name}-{k}"
-    used.add(candidate.lower())
-    return candidate
-
-
-def stream_rows(files: list[Path], wanted: set[tuple[Path, int]]):
-    """Yield (file, row index, image bytes, annotation bytes) for the wanted rows, one row in memory at a time.
-
-    Row groups without a wanted row are never read, so continuing an import costs little.
-    """
-    for path in files:
-        with open_parquet(path) as pf:
-            start = 0
-            for g in range(pf.metadata.num_row_groups):
-                n = pf.metadata.row_group(g).num_rows
-                todo = {i for i in range(start, start + n) if (path, i) in wanted}
-                if todo:
-                    batches = pf.iter_batches(batch_size=1, row_groups=[g], columns=["image", "annotation"])
-                    i = start
-                    for batch in batches:
-                        for k in range(batch.num_rows):
-                            if i in todo:
-                                yield path, i, _bytes(batch, "image", k), _bytes(batch, "annotation", k)
-                            i += 1
-                start += n
-
-
-def _bytes(batch, column: str, k: int) -> bytes | None:
-    value = batch.column(column)[k].as_py()
-    return value.get("bytes") if isinstance(value, dict) else value
-
-
-# ------------------------------------------------------------------------------------------- outputs
 def check_out_dir(out_dir: Path, max_side: int | None, overwrite: bool) -> dict:
     """Continue an earlier import with the same settings; never write into someone else's files silently.
 
@@ -436,105 +261,6 @@ def import_row(
     return f"images/{row.name}{suffix}", warning
 
 
-def image_kind(data: bytes) -> str | None:
-    """'.png' or '.jpg' from the magic bytes of formats copied as they are; None for others."""
-    if data.startswith(_PNG):
-        return ".png"
-    if data.startswith(_JPEG):
-        return ".jpg"
-    return None
-
-
-# ------------------------------------------------------------------------------------------- decoding
-def encoded_size(data: bytes, where: str) -> tuple[int, int]:
-    """(width, height) from the header only, so that a huge scan is refused before it is decoded."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except Exception:
-        raise ValueError(f"{where}: not a readable image (corrupt or truncated bytes); re-download the shard") from None
-
-
-def decode_mask_bytes(data: bytes, where: str = "annotation") -> np.ndarray:
-    """Encoded index mask -> (H, W) uint8 (uint16 if values exceed 255), values exactly as stored.
-
-    PIL rather than OpenCV: OpenCV expands palette PNGs to colours, losing the indices. A 3-channel file with
-    equal channels is an index mask saved as RGB; one with different channels is refused.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            arr = np.asarray(im)
-    except Exception:
-        raise ValueError(f"{where}: not a readable image (corrupt or truncated bytes); re-download the shard") from None
-    if arr.ndim == 3:
-        arr = arr[..., :1] if arr.shape[2] <= 2 else arr[..., :3]  # drop alpha
-        if arr.shape[2] == 3 and not ((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()):
-            raise ValueError(f"{where}: a colour image, not a single-channel index mask; use the 'annotation' column")
-        arr = arr[..., 0]
-    if arr.dtype == bool:
-        return arr.astype(np.uint8)
-    if arr.dtype != np.uint8:
-        if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
-            raise ValueError(f"{where}: mask values outside 0..65535; this is not an index mask")
-        arr = arr.astype(np.uint8 if arr.max(initial=0) <= 255 else np.uint16)
-    return np.ascontiguousarray(arr)
-
-
-def mask_values(mask: np.ndarray) -> list[int]:
-    """The distinct values of a (H, W) mask; a histogram for uint8 (np.bincount would copy it as int64)."""
-    if mask.dtype == np.uint8:
-        hist = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()  # (256,) float32 counts
-        return np.flatnonzero(hist).tolist()
-    return np.unique(mask).tolist()
-
-
-def decode_image_bytes(data: bytes, where: str, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, bool]:
-    """Encoded image -> ((H, W, 3) uint8 BGR, whether EXIF rotation was applied).
-
-    The stored pixel grid is used unless only the EXIF-rotated image matches ``shape`` (the mask's), because
-    annotations are drawn on pixel arrays; a mismatch either way is an error naming both sizes.
-    """
-    buf = np.frombuffer(data, np.uint8)
-    raw = _decode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION, data, rotate=False)
-    if raw is None:
-        raise ValueError(f"{where}: not a readable image (corrupt or truncated bytes); re-download the shard")
-    if shape is None or raw.shape[:2] == tuple(shape):
-        return raw, False
-    if exif_orientation(data) != 1:
-        turned = _decode(buf, cv2.IMREAD_COLOR, data, rotate=True)
-        if turned is not None and turned.shape[:2] == tuple(shape):
-            return turned, True
-    raise ValueError(
-        f"{where}: image is {raw.shape[1]}x{raw.shape[0]} but its annotation is {shape[1]}x{shape[0]}; "
-        "the row is inconsistent, re-download the shard"
-    )
-
-
-def _decode(buf: np.ndarray, flags: int, data: bytes, rotate: bool) -> np.ndarray | None:
-    arr = cv2.imdecode(buf, flags)
-    if arr is not None and arr.size:
-        return arr
-    try:  # formats OpenCV cannot decode (some TIFF/WebP variants)
-        from PIL import ImageOps
-
-        with Image.open(io.BytesIO(data)) as im:
-            im = ImageOps.exif_transpose(im) if rotate else im
-            return np.ascontiguousarray(np.asarray(im.convert("RGB"))[..., ::-1])
-    except Exception:
-        return None
-
-
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation tag (1 = as stored) of encoded image bytes."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return int(im.getexif().get(0x0112, 1))
-    except Exception:
-        return 1
-
-
-# ------------------------------------------------------------------------------------------- manifest
 def random_split(n: int, seed: int = 0) -> list[str]:
     """n labels: 15 % test, 15 % val (at least one each once n >= 3), the rest train; seeded."""
     labels = np.full(n, "train", dtype=object)
@@ -564,10 +290,6 @@ def write_manifest(
     path = out_dir / MANIFEST_FILE
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
     return path
-
-
-def _text(value) -> str:
-    return "" if value is None else str(value).strip()
 
 
 def _json(data: dict) -> bytes:
