@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -243,6 +244,10 @@ def _umask_mode() -> int:
 
 
 _FILE_MODE = _umask_mode()
+
+
+# the temp files of _atomic_file: mkstemp(prefix=".NAME.", suffix=".tmp"), 8 random [a-z0-9_] in between
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 @contextlib.contextmanager

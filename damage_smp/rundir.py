@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig, check_run_name
-from .images import atomic_write_bytes
+from .images import TEMP_FILE, atomic_write_bytes
 
 MARKERS = {  # file that identifies each kind of folder damage-smp writes
     "run": "config.json",
@@ -110,6 +110,7 @@ def claim_run_dir(cfg: TrainConfig, resume: str | Path | None) -> RunDirClaim:
     """The run to resume, or a staging folder for a new run whose name is free, replaceable or --overwrite'n."""
     if resume is not None:
         check_resumable(Path(resume))
+        remove_stale_temps(Path(resume))
         return RunDirClaim(Path(resume), Path(resume))
     name = cfg.name or cfg.auto_name(dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_run_name(name)
@@ -123,6 +124,14 @@ def claim_run_dir(cfg: TrainConfig, resume: str | Path | None) -> RunDirClaim:
     (staging / "checkpoints").mkdir(parents=True)
     atomic_write_bytes(staging / STAGING_MARK, f"{os.getpid()}\n".encode())
     return RunDirClaim(target, staging)
+
+
+def remove_stale_temps(run_dir: Path) -> None:
+    """Temp files of atomic writes left by a killed run (``.last.pt.x1y2z3a4.tmp``): the run is ours, not running."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for entry in folder.iterdir() if folder.is_dir() else []:
+            if entry.is_file() and not entry.is_symlink() and TEMP_FILE.match(entry.name):
+                entry.unlink()
 
 
 def check_target(target: Path, overwrite: bool) -> None:

@@ -146,3 +146,14 @@ def test_compare_shows_a_killed_run_as_killed(tiny_manifest, tmp_path):
     (run / "state.json").write_text(json.dumps({**state, "status": "running", "pid": int(proc.stdout)}))
     row = read_run(run, "r", "test", "damage_miou")
     assert row["status"] == "killed" and "--resume" in row["note"]
+
+
+def test_resume_removes_temp_files_a_killed_run_left(tiny_manifest, tmp_path):
+    run = train(cfg_for(tiny_manifest, tmp_path / "exp"))
+    stale = [run / "checkpoints" / ".last.pt.ab12cd34.tmp", run / ".history.csv.zz99yy88.tmp"]
+    for f in stale:
+        f.write_bytes(b"half a write")
+    mine = run / "notes.tmp"
+    mine.write_text("not ours")
+    train(cfg_for(tiny_manifest, tmp_path / "exp", epochs=2), resume=run)
+    assert not any(f.exists() for f in stale) and mine.exists()

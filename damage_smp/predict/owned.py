@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..images import TEMP_FILE
 from ..rundir import MARKERS
 from .inputs import SUFFIXES, Job
 
@@ -31,8 +32,6 @@ MARK_WITHIN = 4096  # bytes from a file's start the mark is looked for in (it si
 PNG_IHDR_END = 8 + 25  # signature, then IHDR (length, type, 13 bytes, CRC): always the first chunk
 BATCH_FILES = (MARKERS["predict"], "legend.png", "areas.csv", "failures.csv")
 SHARD_FILE = re.compile(r"^(areas|failures)\.shard-\d+-of-\d+\.csv$")
-# images.atomic_write_bytes writes to mkstemp(prefix=".NAME.", suffix=".tmp"): 8 random [a-z0-9_] in between
-TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 STALE_TEMP_SECONDS = 600  # a live write keeps its temp file for seconds; one this old was left by a kill
 
 
