@@ -86,6 +86,7 @@ def unsafe_message(path: Path, torch_message: str) -> str:
         what = f" ({found.group(1)})"
         return (
             f"{path}: not a readable checkpoint: it holds pickled Python code or objects{what}, which damage-smp "
+            "(loading with weights_only) "
             "never loads: unpickling them "
             "could run any program (nothing from the file was run). Use a checkpoint made by damage-smp "
             "(--checkpoint best/last) or retrain"
