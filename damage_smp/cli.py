@@ -37,6 +37,8 @@ MaxPixelsOpt = Annotated[
     int,
     typer.Option("--max-pixels", help="Refuse images above this many pixels (decompression-bomb guard)."),
 ]
+ARTEFACT_INPUTS_HELP = "ARTeFACT .parquet shards, or folders holding them (searched recursively)."
+SOURCE_HELP = "A predict --out folder (gallery), or a run dir / folder of runs (study page)."
 
 
 class UserError(Exception):
@@ -304,15 +306,8 @@ def compare(
     """Compare runs: one row each, seeds grouped as mean ± std, Δ and bootstrap 95% CI against the scratch baseline."""
     from .compare import compare as run_compare
 
-    run_compare(
-        paths or [Path("experiments")],
-        baseline=baseline,
-        metric=metric,
-        split=split,
-        out=out,
-        console=console,
-        overwrite=overwrite,
-    )
+    run_compare(paths or [Path("experiments")], baseline=baseline, metric=metric, split=split, out=out,
+                console=console, overwrite=overwrite)  # fmt: skip
 
 
 # ============================================================================================ predict
@@ -375,13 +370,7 @@ def predict(
 @app.command("import-artefact", rich_help_panel="Data")
 @user_errors
 def import_artefact(
-    inputs: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="PARQUET_FILES_OR_DIR",
-            help="ARTeFACT .parquet shards, or folders holding them (searched recursively).",
-        ),
-    ],
+    inputs: Annotated[list[Path], typer.Argument(metavar="PARQUET_FILES_OR_DIR", help=ARTEFACT_INPUTS_HELP)],
     out: Annotated[Path, typer.Option("--out", help="Folder for images/, masks/ and manifest.csv.")],
     max_side: Annotated[
         int | None, typer.Option("--max-side", help="Downscale so the longer side is at most N pixels.")
@@ -407,13 +396,7 @@ def import_artefact(
 @app.command(rich_help_panel="Results")
 @user_errors
 def report(
-    source: Annotated[
-        Path,
-        typer.Argument(
-            metavar="RUN_DIR | EXPERIMENTS_DIR | PREDICT_OUT_DIR",
-            help="A predict --out folder (gallery), or a run dir / folder of runs (study page).",
-        ),
-    ],
+    source: Annotated[Path, typer.Argument(metavar="RUN_DIR | EXPERIMENTS_DIR | PREDICT_OUT_DIR", help=SOURCE_HELP)],
     out: Annotated[
         Path, typer.Option("--out", help="The HTML page to write; its images go into <name>_files/ beside it.")
     ],
@@ -438,7 +421,25 @@ def report(
     console.print(f"open it: {escape(done.path.resolve().as_uri())}")
 
 
-# ============================================================================================ bench
+# ============================================================================================ export
+@app.command(rich_help_panel="Using a model")
+@user_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory made by train.")],
+    format: Annotated[str, typer.Option("--format", help="onnx, smp (a save_pretrained folder) or torchscript.")],
+    out: Annotated[Path, typer.Option("--out", help="The file (onnx, torchscript) or folder (smp) to write.")],
+    checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint name/path.")] = "best",
+    check_images: Annotated[
+        list[Path] | None, typer.Option("--check-images", help="Images for the parity check (default: val split).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export of that name.")] = False,
+) -> None:
+    """Export a run's model (ONNX, smp folder + model card, TorchScript); exit 1 if it fails the parity check."""
+    from .export import export as run_export
+
+    done = run_export(run_dir, format, out, checkpoint=checkpoint, check_images=check_images, overwrite=overwrite,
+                      console=console)  # fmt: skip
+    console.print(f"wrote {escape(str(done.path))} and {escape(str(done.sidecar))}")
 
 
 def main() -> None:  # pragma: no cover - console entry for python -m damage_smp
