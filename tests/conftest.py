@@ -41,3 +41,25 @@ def tiny_manifest(tmp_path):
         lines.append(f"images/img{i:02d}.png,masks/img{i:02d}.png,{split},{'paper' if i % 2 else 'film'}")
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
     return root / "manifest.csv"
+
+
+def train_tiny_run(root, n_train: int = 8, samples_per_epoch: int = 8):
+    """A tiny trained run in ``root/run`` (resnet18, no pretrained weights, 1 epoch) for predict-side tests."""
+    from damage_smp.config import TrainConfig
+    from damage_smp.train import train
+
+    scheme = load_scheme("artefact")
+    rng = np.random.default_rng(0)
+    lines = ["image,mask,split"]
+    for i, split in enumerate(["train"] * n_train + ["val"] * 2):
+        image, index = make_pair(rng)
+        write_image(root / "images" / f"img{i:02d}.png", image)
+        write_image(root / "masks" / f"img{i:02d}.png", scheme.colorize(index))
+        lines.append(f"images/img{i:02d}.png,masks/img{i:02d}.png,{split}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    cfg = TrainConfig(
+        manifest=str(root / "manifest.csv"), encoder="resnet18", encoder_weights="none", epochs=1,
+        samples_per_epoch=samples_per_epoch, batch_size=4, crop_size=64, tile=64, num_workers=0, samples=0,
+        device="cpu", out_dir=str(root), name="run", seed=0,
+    )  # fmt: skip
+    return train(cfg)

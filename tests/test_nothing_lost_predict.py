@@ -13,18 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_pair
+from conftest import make_pair, train_tiny_run
 from PIL import Image
 from typer.testing import CliRunner
 
 from damage_smp.cli import app
-from damage_smp.config import TrainConfig
 from damage_smp.images import read_mask, write_image
 from damage_smp.labels import load_scheme
 from damage_smp.manifest import audit, audit_manifest
 from damage_smp.predict import collect_inputs, merge_areas, predict
 from damage_smp.predict.outputs import tint_in_place
-from damage_smp.train import train
 
 SCHEME = load_scheme("artefact")
 FAST = dict(tile=64, overlap=0.25, batch_size=8, device="cpu", workers=2)
@@ -34,21 +32,7 @@ FOREIGN = r"was not written by damage-smp predict; .*never replaces it.*: give a
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory) -> Path:
     """One tiny trained run (resnet18, no pretrained weights, 1 epoch of 4 crops)."""
-    root = tmp_path_factory.mktemp("nothing-lost-run")
-    rng = np.random.default_rng(0)
-    lines = ["image,mask,split"]
-    for i, split in enumerate(["train"] * 4 + ["val"] * 2):
-        image, index = make_pair(rng)
-        write_image(root / "images" / f"img{i:02d}.png", image)
-        write_image(root / "masks" / f"img{i:02d}.png", SCHEME.colorize(index))
-        lines.append(f"images/img{i:02d}.png,masks/img{i:02d}.png,{split}")
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    cfg = TrainConfig(
-        manifest=str(root / "manifest.csv"), encoder="resnet18", encoder_weights="none", epochs=1,
-        samples_per_epoch=4, batch_size=4, crop_size=64, tile=64, num_workers=0, samples=0, device="cpu",
-        out_dir=str(root), name="run", seed=0,
-    )  # fmt: skip
-    return train(cfg)
+    return train_tiny_run(tmp_path_factory.mktemp("nothing-lost-run"), n_train=4, samples_per_epoch=4)
 
 
 def scans(folder: Path, n: int = 2, suffix: str = ".png") -> Path:
