@@ -88,7 +88,7 @@ def export(
     images = check_image_set(bundle, Path(run_dir), check_images)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.partial")
-    _remove_path(staging)
+    _remove_staging(staging)
     staging_sidecar = sidecar_path(staging, fmt)
     try:
         WRITERS[fmt](bundle, staging)
@@ -105,7 +105,7 @@ def export(
             write_text(staging / "README.md", model_card(bundle, Path(run_dir), parity))
         _put_in_place(staging, out, fmt)
     finally:
-        _remove_path(staging)
+        _remove_staging(staging)
         if fmt != "smp":
             staging_sidecar.unlink(missing_ok=True)
     return ExportResult(out, sidecar_path(out, fmt), parity)
@@ -149,17 +149,20 @@ def _put_in_place(staging: Path, out: Path, fmt: str) -> None:
     """Move the finished export over ``out``; the old one (checked ours) goes only once the new one is complete."""
     if fmt == "smp":
         old = out.with_name(f".{out.name}.old")
-        _remove_path(old)
+        _remove_staging(old)
         if out.exists():
             out.rename(old)
         staging.rename(out)
-        _remove_path(old)
+        _remove_staging(old)
         return
     staging.replace(out)
     sidecar_path(staging, fmt).replace(sidecar_path(out, fmt))
 
 
-def _remove_path(path: Path) -> None:
+def _remove_staging(path: Path) -> None:
+    """Remove export's own hidden staging / old copy (``.NAME.partial``, ``.NAME.old``), never anything else."""
+    if not (path.name.startswith(".") and path.name.endswith((".partial", ".old"))):
+        raise ValueError(f"{path}: not a staging folder of damage-smp export; it was not deleted")
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
