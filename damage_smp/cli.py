@@ -326,6 +326,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     tta: Annotated[bool, typer.Option("--tta", help="Average 4 flips (4x slower).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: Annotated[str, typer.Option(help="torch, or onnxruntime (CPU; the [onnx] extra).")] = "torch",
     save: Annotated[str, typer.Option(help="Comma list of outputs: colour,index,overlay.")] = "colour,index,overlay",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs exist.")] = False,
     shard: Annotated[
@@ -356,7 +357,7 @@ def predict(
         result = prediction.predict(
             run_dir, inputs, out, checkpoint=checkpoint, tile=tile, overlap=overlap, batch_size=batch_size,
             tta=tta, device=device, save=save, overwrite=overwrite, max_pixels=max_pixels, workers=workers,
-            shard=prediction.parse_shard(shard) if shard else None, console=console,
+            shard=prediction.parse_shard(shard) if shard else None, backend=backend, console=console,
         )  # fmt: skip
     except KeyboardInterrupt:
         again = "run the same command again to continue (finished images are skipped)"

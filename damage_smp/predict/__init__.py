@@ -20,7 +20,8 @@ Once per batch: ``predict.json`` (run, checkpoint, settings, label scheme), ``le
 ``failures.shard-K-of-N.csv`` instead; the last shard to finish (or ``merge_areas``) joins them.
 
 ``inputs`` expands INPUTS and plans the outputs, ``owned`` tells predict's own files from the user's,
-``pipeline`` runs the three stages, ``outputs`` writes the files and tables.
+``pipeline`` runs the three stages, ``outputs`` writes the files and tables, ``backend`` runs the tiles through
+PyTorch or ONNX Runtime (``--backend``).
 """
 
 from .inputs import Job, collect_inputs, effective_shard, parse_save, parse_shard, plan_outputs

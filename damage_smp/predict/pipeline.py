@@ -25,6 +25,7 @@ from ..plots import legend_image
 from ..runs import read_json, write_json
 from ..system import resolve_amp, resolve_device
 from ..tiling import predict_index
+from .backend import check_backend, tile_model
 from .inputs import (
     SAVE_KINDS,
     Job,
@@ -51,14 +52,16 @@ def predict_image(
     batch_size: int = 4,
     tta: bool = False,
     progress=None,
+    model=None,
 ) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) uint8 class indices of ``bundle.scheme``; memory bounded by tile x W.
 
     On CUDA it runs under the autocast the run trained with (bf16/fp16; argmax barely notices), on CPU in fp32.
+    ``model``: what runs the tiles instead of ``bundle.model`` (e.g. an ONNX Runtime session, ``backend``).
     """
     device = next(bundle.model.parameters()).device
     return predict_index(
-        bundle.model, image, bundle.scheme.num_classes, tile=tile, overlap=overlap, batch_size=batch_size,
+        model or bundle.model, image, bundle.scheme.num_classes, tile=tile, overlap=overlap, batch_size=batch_size,
         device=device, amp_dtype=resolve_amp(bundle.cfg.amp, device), tta=tta, progress=progress,
     )  # fmt: skip
 
@@ -79,6 +82,7 @@ def predict(
     shard: tuple[int, int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 2,
+    backend: str = "torch",
     console: Console | None = None,
 ) -> PredictResult:
     """Predict every input image with a run's model and write masks, overlays and areas under ``out``.
@@ -87,6 +91,7 @@ def predict(
     column). ``shard=(K, N)``, K counting from 1, takes every N-th image of the sorted inputs; under
     ``torchrun`` each rank takes its share of that. Finished images are skipped unless ``overwrite``.
     An image that cannot be read or predicted is listed in ``failures``; the others are all processed.
+    ``backend``: ``torch``, or ``onnxruntime`` (CPU; the same tiles through an ONNX Runtime session).
     """
     console = console or Console()
     start = time.perf_counter()
@@ -97,9 +102,9 @@ def predict(
     mine = plan_outputs(collect_inputs(inputs, exclude=out), out)[k - 1 :: n]
     records = _check_out(out, mine, kinds, k, n)  # before the model is even loaded
 
-    dev = device_for_rank(device)
+    dev = device_for_rank(check_backend(backend, device))
     bundle = load_bundle(run_dir, checkpoint, dev)
-    settings = _settings(run_dir, checkpoint, bundle, tile=tile, overlap=overlap, tta=tta)
+    settings = _settings(run_dir, checkpoint, bundle, tile=tile, overlap=overlap, tta=tta, backend=backend)
     _prepare_out(out, settings, bundle, overwrite, k, n)
     clean_stale_temps({out, *(j.base.parent for j in mine)})
 
@@ -108,10 +113,10 @@ def predict(
     where = f" (shard {k}/{n})" if n > 1 else ""
     console.print(
         f"predicting {len(todo)} image(s){where} with {escape(run_dir)} "
-        f"({checkpoint}, epoch {bundle.epoch}) on {dev}; {n_skipped} already finished"
+        f"({checkpoint}, epoch {bundle.epoch}) on {dev} ({backend}); {n_skipped} already finished"
         + ("" if overwrite else " (--overwrite redoes them)")
     )
-    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta)
+    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, model=tile_model(bundle, backend))
     pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options)
     n_done, failures = pipeline.run(todo, console, show_progress=int(os.environ.get("RANK", "0")) == 0)
 
@@ -123,7 +128,8 @@ def predict(
 
 
 def _settings(run_dir: str | Path, checkpoint: str, bundle: ModelBundle, **tiling) -> dict:
-    """predict.json: what made these predictions (a later batch into the same folder must match it)."""
+    """predict.json: what made these predictions (a later batch into the same folder must match its
+    SETTINGS_COMPARED; not the backend, which gives the same masks, so a batch may resume on the other one)."""
     return {
         "run_dir": str(Path(run_dir).resolve()),
         "checkpoint": checkpoint,

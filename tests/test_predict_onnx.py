@@ -1,0 +1,131 @@
+"""damage-smp predict --backend onnxruntime: the same index masks as the torch backend, a cached export, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import make_pair
+from typer.testing import CliRunner
+
+from damage_smp.cli import app
+from damage_smp.config import TrainConfig
+from damage_smp.images import read_image, write_image
+from damage_smp.labels import load_scheme
+from damage_smp.models import load_bundle
+from damage_smp.predict.backend import CACHE_DIR
+from damage_smp.tiling import predict_probs
+from damage_smp.train import train
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+SCHEME = load_scheme("artefact")
+FAST = ["--tile", "64", "--overlap", "0.25", "--batch-size", "8", "--workers", "2", "--save", "index"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One tiny trained run (resnet18, no pretrained weights, 1 epoch of 8 crops), as in test_predict.py."""
+    root = tmp_path_factory.mktemp("onnx-predict-run")
+    rng = np.random.default_rng(0)
+    lines = ["image,mask,split"]
+    for i, split in enumerate(["train"] * 8 + ["val"] * 2):
+        image, index = make_pair(rng)
+        write_image(root / "images" / f"img{i:02d}.png", image)
+        write_image(root / "masks" / f"img{i:02d}.png", SCHEME.colorize(index))
+        lines.append(f"images/img{i:02d}.png,masks/img{i:02d}.png,{split}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    cfg = TrainConfig(
+        manifest=str(root / "manifest.csv"), encoder="resnet18", encoder_weights="none", epochs=1,
+        samples_per_epoch=8, batch_size=4, crop_size=64, tile=64, num_workers=0, samples=0, device="cpu",
+        out_dir=str(root), name="run", seed=0,
+    )  # fmt: skip
+    return train(cfg)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """The ONNX cache goes to this test's temp folder, not the machine's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    return tmp_path / "tmp" / CACHE_DIR
+
+
+def _predict(run_dir: Path, scans: Path, out: Path, *extra: str):
+    return CliRunner().invoke(app, ["predict", str(run_dir), str(scans), "--out", str(out), *FAST, *extra])
+
+
+def _index(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def test_onnxruntime_writes_the_same_index_masks_as_torch(run_dir, tmp_path, cache):
+    scans = tmp_path / "scans"
+    for name, (h, w), seed in [("wide.png", (150, 233), 1), ("tall.png", (201, 97), 2)]:
+        write_image(scans / name, make_pair(np.random.default_rng(seed), size=(h, w))[0])
+    res = _predict(run_dir, scans, tmp_path / "torch", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    res = _predict(run_dir, scans, tmp_path / "ort", "--backend", "onnxruntime")
+    assert res.exit_code == 0, res.output
+    bundle = load_bundle(run_dir, "best", "cpu")
+    for stem, shape in [("wide", (150, 233)), ("tall", (201, 97))]:
+        ref, got = _index(tmp_path / "torch" / f"{stem}_index.png"), _index(tmp_path / "ort" / f"{stem}_index.png")
+        assert ref.shape == got.shape == shape
+        differ = ref != got
+        if differ.any():  # only at numerical ties of the torch model (an untrained one is near-uniform)
+            assert differ.mean() < 1e-3
+            top2 = predict_probs(bundle.model, read_image(scans / f"{stem}.png"), bundle.scheme.num_classes,
+                                 tile=64, overlap=0.25).topk(2, dim=0).values  # fmt: skip
+            assert (top2[0] - top2[1])[torch.from_numpy(differ)].max().item() < 1e-4
+    assert json.loads((tmp_path / "ort" / "predict.json").read_text())["backend"] == "onnxruntime"
+    assert json.loads((tmp_path / "torch" / "predict.json").read_text())["backend"] == "torch"
+    assert not list((tmp_path / "ort").rglob("*.onnx"))  # the export is cached outside --out
+    (cached,) = cache.glob("*.onnx")
+    before = cached.stat().st_mtime_ns
+    res = _predict(run_dir, scans, tmp_path / "ort", "--backend", "onnxruntime", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert cached.stat().st_mtime_ns == before  # reused, not exported again
+
+
+def test_a_torch_batch_resumes_on_onnxruntime(run_dir, tmp_path, cache):
+    scans = tmp_path / "scans"
+    write_image(scans / "a.png", make_pair(np.random.default_rng(3), size=(70, 90))[0])
+    assert _predict(run_dir, scans, tmp_path / "out", "--device", "cpu").exit_code == 0
+    write_image(scans / "b.png", make_pair(np.random.default_rng(4), size=(80, 66))[0])
+    res = _predict(run_dir, scans, tmp_path / "out", "--backend", "onnxruntime")
+    assert res.exit_code == 0, res.output
+    assert "1 already finished" in " ".join(res.output.split())
+    assert (tmp_path / "out" / "b_index.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--backend", "tensorrt"], "--backend 'tensorrt': unknown; use one of torch, onnxruntime"),
+        (["--backend", "onnxruntime", "--device", "cuda"], "--backend onnxruntime runs on the CPU"),
+    ],
+)
+def test_bad_backend_is_one_line_and_exit_1(run_dir, tmp_path, extra, message):
+    scans = tmp_path / "scans"
+    write_image(scans / "a.png", make_pair(np.random.default_rng(5), size=(64, 64))[0])
+    res = _predict(run_dir, scans, tmp_path / "out", *extra)
+    assert res.exit_code == 1
+    assert message in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_onnxruntime_missing_names_the_extra(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    scans = tmp_path / "scans"
+    write_image(scans / "a.png", make_pair(np.random.default_rng(6), size=(64, 64))[0])
+    res = _predict(run_dir, scans, tmp_path / "out", "--backend", "onnxruntime")
+    assert res.exit_code == 1
+    assert "pip install 'damage-smp[onnx]'" in " ".join(res.output.split())
