@@ -11,17 +11,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import make_pair
+from conftest import make_pair, train_tiny_run
 from typer.testing import CliRunner
 
 from damage_smp.cli import app
-from damage_smp.config import TrainConfig
 from damage_smp.images import read_image, write_image
 from damage_smp.labels import load_scheme
 from damage_smp.models import load_bundle
 from damage_smp.predict.backend import CACHE_DIR
 from damage_smp.tiling import predict_probs
-from damage_smp.train import train
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -33,21 +31,7 @@ FAST = ["--tile", "64", "--overlap", "0.25", "--batch-size", "8", "--workers", "
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """One tiny trained run (resnet18, no pretrained weights, 1 epoch of 8 crops), as in test_predict.py."""
-    root = tmp_path_factory.mktemp("onnx-predict-run")
-    rng = np.random.default_rng(0)
-    lines = ["image,mask,split"]
-    for i, split in enumerate(["train"] * 8 + ["val"] * 2):
-        image, index = make_pair(rng)
-        write_image(root / "images" / f"img{i:02d}.png", image)
-        write_image(root / "masks" / f"img{i:02d}.png", SCHEME.colorize(index))
-        lines.append(f"images/img{i:02d}.png,masks/img{i:02d}.png,{split}")
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    cfg = TrainConfig(
-        manifest=str(root / "manifest.csv"), encoder="resnet18", encoder_weights="none", epochs=1,
-        samples_per_epoch=8, batch_size=4, crop_size=64, tile=64, num_workers=0, samples=0, device="cpu",
-        out_dir=str(root), name="run", seed=0,
-    )  # fmt: skip
-    return train(cfg)
+    return train_tiny_run(tmp_path_factory.mktemp("onnx-predict-run"))
 
 
 @pytest.fixture
