@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,onnx]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,onnx,tensorboard]'
 	touch $(STAMP)
 
 # Headless Chromium + driver for the report's browser tests (Debian packages; no browser download at test time).

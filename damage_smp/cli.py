@@ -236,7 +236,7 @@ def train(
         Path | None,
         typer.Option(
             help="Continue this run dir up to --epochs in total (only settings marked resumable "
-            "may change: --epochs, --device, --num-workers, --patience, --compile)."
+            "may change: --epochs, --device, --num-workers, --patience, --compile, --tensorboard)."
         ),
     ] = None,
     **settings,

@@ -158,6 +158,8 @@ class TrainConfig:
     """channels_last memory format (faster convolutions on CPU and tensor cores)."""
     samples: int = 4
     """Validation overlays saved to samples/."""
+    tensorboard: bool = setting(False, resume=True)
+    """Log losses, validation scores, per-class IoU, lr and overlays per epoch to RUN_DIR/tensorboard/."""
 
     def __post_init__(self) -> None:  # noqa: C901 - a flat list of independent checks, one per flag
         def bad(flag: str, msg: str) -> None:

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from . import distributed as ddp
+from . import tblog
 from .checkpoints import checkpoint_write_error, copy_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .console import escape, fmt, progress_bar
@@ -81,6 +82,7 @@ class Run:
     last_train_loss: float = math.nan
     info: dict = field(default_factory=dict)  # model info: weights source, parameter counts (config.json "model")
     console: Console | None = None
+    tb: object | None = None  # the SummaryWriter under --tensorboard (rank 0), see tblog
 
     @property
     def main(self) -> bool:
@@ -99,7 +101,7 @@ class Run:
 def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console | None = None) -> Path:
     """Train a model as cfg says and return its run directory. With ``resume``, continue that run."""
     run = setup(cfg, resume, console or Console())
-    with run_state(run):
+    with run_state(run), tblog.writer_for(run):
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             if run.frozen and not is_frozen(cfg, epoch):  # --unfreeze-at: fine-tune the encoder from here on
                 unfreeze(run, epoch)
@@ -107,7 +109,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console |
             val = {"val_loss": math.nan, "val_miou": math.nan, "val_damage_miou": math.nan}
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
                 val = validate(run.model, run.val_rows, run.scheme, run.loss_fn, cfg, run.device, run.amp_dtype,
-                               shard=(run.rank, run.world))  # fmt: skip
+                               shard=(run.rank, run.world), keep=cfg.samples if run.tb is not None else 0)  # fmt: skip
             timing = {"seconds": seconds, "img_per_s": seen / seconds, "data_seconds": data_s}
             record_epoch(run, epoch, val, timing, meter)
             if cfg.patience and run.bad_epochs >= cfg.patience:
@@ -122,6 +124,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console |
 # ============================================================================================ set-up
 def setup(cfg: TrainConfig, resume: str | Path | None, console: Console) -> Run:
     """Data, run directory (config.json first), model, loss, optimizer and loader; resume state restored once."""
+    tblog.require(cfg.tensorboard)  # before the run directory is made
     device = resolve_device(cfg.device)
     rank, world, local_rank = ddp.init_from_env(device.type)
     if world > 1 and device.type == "cuda":
@@ -322,6 +325,7 @@ def unfreeze(run: Run, epoch: int) -> None:
 
 def record_epoch(run: Run, epoch: int, val: dict, timing: dict, meter: EnergyMeter) -> None:
     """History row, best score and patience; rank 0 writes last.pt (best.pt when improved), history.csv, curves."""
+    extras = {k: val.pop(k) for k in ("class_iou", "kept") if k in val}  # for TensorBoard, not the history
     score = val["val_damage_miou"] if not math.isnan(val["val_damage_miou"]) else val["val_miou"]
     run.history.append({
         "epoch": epoch, "train_loss": run.last_train_loss, **val, "lr": run.optimizer.param_groups[0]["lr"],
@@ -342,6 +346,7 @@ def record_epoch(run: Run, epoch: int, val: dict, timing: dict, meter: EnergyMet
         copy_checkpoint(paths.checkpoint("last"), paths.checkpoint(f"epoch_{epoch:03d}"))
     write_csv(paths.history, run.history, HISTORY_FIELDS)
     save_curves(run.history, paths.curves, title=paths.root.name)
+    tblog.log_epoch(run, **extras)
     run.say(epoch_summary(run.history[-1], run.cfg.epochs, improved))
 
 

@@ -18,13 +18,19 @@ from .plots import save_sample
 from .runs import RunPaths
 from .tiling import predict_probs
 
+KEEP_SIDE = 768  # longest side, in pixels, of the images validate(keep=...) hands back
+
 
 def validate(model, rows: pd.DataFrame, scheme: LabelScheme, loss_fn, cfg: TrainConfig, device, amp_dtype,
-             shard: tuple[int, int] = (0, 1)) -> dict:  # fmt: skip
-    """Whole val images by sliding window: loss on the blended probabilities, confusion-matrix mIoU."""
+             shard: tuple[int, int] = (0, 1), keep: int = 0) -> dict:  # fmt: skip
+    """Whole val images by sliding window: loss on the blended probabilities, confusion-matrix mIoU.
+
+    Also ``class_iou`` (class name -> IoU, from the same confusion matrix) and, with ``keep``, ``kept``: the
+    first ``keep`` (image, prediction, target) arrays of this shard, for overlays without another forward pass.
+    """
     model.eval()
     cm = ConfusionMatrix(scheme.num_classes, device="cpu")
-    loss_sum, n = torch.zeros(2, dtype=torch.float64), 0
+    loss_sum, n, kept = torch.zeros(2, dtype=torch.float64), 0, []
     rank, world = shard
     for row in rows.iloc[rank::world].itertuples():
         image = read_image(row.image_path, cfg.max_pixels)
@@ -44,13 +50,28 @@ def validate(model, rows: pd.DataFrame, scheme: LabelScheme, loss_fn, cfg: Train
         if torch.isfinite(loss) and (target != IGNORE_INDEX).any():
             loss_sum[0] += loss.item()
             n += 1
-        cm.update(probs.argmax(0).cpu(), target)
+        pred = probs.argmax(0).cpu()
+        cm.update(pred, target)
+        if len(kept) < keep:
+            kept.append(shrunk(image, pred.numpy(), target.numpy()))
     loss_sum[1] = n
     ddp.all_reduce_sum(loss_sum)
     cm.all_reduce()
     summary = cm.summary(scheme)
     val_loss = (loss_sum[0] / loss_sum[1]).item() if loss_sum[1] > 0 else math.nan
-    return {"val_loss": val_loss, "val_miou": summary["miou"], "val_damage_miou": summary["damage_miou"]}
+    return {
+        "val_loss": val_loss,
+        "val_miou": summary["miou"],
+        "val_damage_miou": summary["damage_miou"],
+        "class_iou": {r["name"]: r["iou"] for r in cm.per_class(scheme)},
+        "kept": kept,
+    }
+
+
+def shrunk(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Copies strided to at most KEEP_SIDE pixels a side (copies: a view would hold the whole image)."""
+    step = -(-max(arrays[0].shape[:2]) // KEEP_SIDE)
+    return tuple(np.ascontiguousarray(a[::step, ::step]) for a in arrays)
 
 
 def load_target(mask_path: str, scheme: LabelScheme, max_pixels: int) -> np.ndarray:
