@@ -35,11 +35,10 @@ def saved_bytes(model: torch.nn.Module, size: int, num_classes: int, device: tor
     return sum(storages.values()) + 3 * 4 * num_classes * size * size
 
 
-def step_bytes(model: torch.nn.Module, crop: int, batch: int, num_classes: int, device: torch.device) -> float:
-    """Estimated peak bytes of one training step at this crop and batch (weights and optimizer state excluded)."""
+def bytes_per_pixel(model: torch.nn.Module, num_classes: int, device: torch.device) -> float:
+    """Peak step bytes per image pixel (headroom included): the difference of the two probes, so constants cancel."""
     small, large = (saved_bytes(model, s, num_classes, device) for s in PROBES)
-    per_pixel = max(0.0, (large - small) / (PROBES[1] ** 2 - PROBES[0] ** 2))
-    return HEADROOM * per_pixel * crop * crop * batch
+    return HEADROOM * max(0.0, (large - small) / (PROBES[1] ** 2 - PROBES[0] ** 2))
 
 
 def free_bytes(device: torch.device) -> int:
@@ -48,21 +47,16 @@ def free_bytes(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def largest_crop(model, batch: int, num_classes: int, device: torch.device, budget: float) -> int:
-    small, large = (saved_bytes(model, s, num_classes, device) for s in PROBES)
-    per_pixel = max(1e-9, HEADROOM * (large - small) / (PROBES[1] ** 2 - PROBES[0] ** 2))
-    return max(32, int((budget / (per_pixel * batch)) ** 0.5) // 32 * 32)
-
-
 def check_step_fits(model: torch.nn.Module, cfg, num_classes: int, device: torch.device) -> None:
     """ValueError with the numbers and the fix when --crop-size × --batch-size cannot fit the free memory."""
     model = model.to(device)
-    need = step_bytes(model, cfg.crop_size, cfg.batch_size, num_classes, device)
+    per_pixel = bytes_per_pixel(model, num_classes, device)
+    need = per_pixel * cfg.crop_size**2 * cfg.batch_size
     have = free_bytes(device)
     if need <= have:
         return
     where = "GPU memory" if device.type == "cuda" else "memory"
-    crop = largest_crop(model, cfg.batch_size, num_classes, device, have * 0.8)
+    crop = max(32, int((0.8 * have / (max(per_pixel, 1e-9) * cfg.batch_size)) ** 0.5) // 32 * 32)
     raise ValueError(
         f"--crop-size {cfg.crop_size} with --batch-size {cfg.batch_size}: one training step of {cfg.arch}/"
         f"{cfg.encoder} needs about {need / 2**30:.1f} GB but only {have / 2**30:.1f} GB of {where} is free; "
