@@ -1,0 +1,156 @@
+"""Data commands: synth, manifest build/check/split, import-artefact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..console import escape
+from .app import ARTEFACT_INPUTS_HELP, LabelsOpt, MaxPixelsOpt, app, console, manifest_app, user_errors
+
+
+# ============================================================================================ synth
+@app.command()
+@user_errors
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write images/, masks/ and manifest.csv into.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 48,
+    size: Annotated[str, typer.Option("--size", help="WIDTHxHEIGHT of every image.")] = "512x384",
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty folder.")] = False,
+    root_manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--root-manifest", help="Also write this manifest, paths relative to its folder (e.g. data_manifest.csv)."
+        ),
+    ] = None,
+) -> None:
+    """Write a synthetic damaged-media sample (photo, film, paper, parchment, canvas) with exact artefact masks."""
+    from ..synth import parse_size
+    from ..synth import synth as make_sample
+
+    manifest = make_sample(
+        out_dir, n=n, size=parse_size(size), seed=seed, overwrite=overwrite, root_manifest=root_manifest
+    )
+    extra = f" and {escape(str(root_manifest))}" if root_manifest else ""
+    console.print(f"wrote {n} images and masks; manifest: {escape(str(manifest))}{extra}", soft_wrap=True)
+    console.print(f"next: damage-smp manifest check {escape(str(manifest))}", soft_wrap=True)
+
+
+# ============================================================================================ manifest
+GroupLeaveOutOpt = Annotated[
+    str | None,
+    typer.Option("--leave-out", help="Hold this group out entirely as test: VALUE or COLUMN=VALUE."),
+]
+
+
+@manifest_app.command("build")
+@user_errors
+def manifest_build(
+    images: Annotated[Path, typer.Option("--images", help="Folder of images (subfolders included).")],
+    masks: Annotated[
+        Path, typer.Option("--masks", help="Folder of masks named after their images (suffixes like _mask are fine).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write; its paths are relative to its folder.")],
+    labels: LabelsOpt = "artefact",
+    val: Annotated[float, typer.Option(help="Fraction of images for validation.")] = 0.15,
+    test: Annotated[float, typer.Option(help="Fraction of images for test.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            "--group-by",
+            help="Regex searched in each image's path (relative, no extension); its first group names the image's "
+            "group, and no group spans two splits. E.g. '^([^/]+)/' (subfolder) or '(.+)_\\d+$' (stem prefix).",
+        ),
+    ] = None,
+    leave_out: GroupLeaveOutOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing CSV.")] = False,
+    max_pixels: MaxPixelsOpt = 200_000_000,
+) -> None:
+    """Pair images with masks by name, split them (at random or by group) and write a manifest CSV."""
+    from ..labels import load_scheme
+    from ..manifest import build_manifest, summarize
+
+    df = build_manifest(
+        images, masks, out, load_scheme(labels), val=val, test=test, seed=seed, group_by=group_by,
+        leave_out=leave_out, overwrite=overwrite, max_pixels=max_pixels,
+    )  # fmt: skip
+    for warning in df.attrs.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    console.print(f"wrote {escape(str(out))}: {len(df)} pairs; {summarize(df)}", soft_wrap=True)
+    console.print(f"next: damage-smp manifest check {escape(str(out))} --labels {escape(labels)}", soft_wrap=True)
+
+
+@manifest_app.command("check")
+@user_errors
+def manifest_check(
+    csv: Annotated[Path, typer.Argument(help="Manifest CSV (image,mask,split[,group columns]).")],
+    labels: LabelsOpt = "artefact",
+    max_pixels: MaxPixelsOpt = 200_000_000,
+) -> None:
+    """Audit every row: files, sizes, mask values, duplicates, splits and class pixel shares. Exit 1 on errors."""
+    from ..labels import load_scheme
+    from ..manifest import audit_manifest, print_audit
+
+    report = audit_manifest(csv, load_scheme(labels), max_pixels=max_pixels)
+    print_audit(report, console)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@manifest_app.command("split")
+@user_errors
+def manifest_split(
+    csv: Annotated[Path, typer.Argument(help="Manifest CSV to re-split (it is not modified).")],
+    out: Annotated[Path, typer.Option("--out", help="New manifest CSV; with --folds, a folder for fold-*.csv.")],
+    by: Annotated[
+        str | None, typer.Option("--by", help="Group column: no value of it spans two splits (e.g. material).")
+    ] = None,
+    val: Annotated[float, typer.Option(help="Fraction of images for val (of the rest with --leave-out).")] = 0.15,
+    test: Annotated[float, typer.Option(help="Fraction of images for test (unused with --leave-out/--folds).")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    leave_out: GroupLeaveOutOpt = None,
+    folds: Annotated[
+        bool, typer.Option("--folds", help="Leave-one-group-out: one manifest per value of --by, held out as test.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+) -> None:
+    """Re-split a manifest: random, grouped (--by), one group held out (--leave-out), or all folds (--folds)."""
+    from ..manifest import split_manifest, summarize
+
+    written = split_manifest(
+        csv, out, by=by, val=val, test=test, seed=seed, leave_out=leave_out, folds=folds, overwrite=overwrite
+    )
+    for df in written:
+        for warning in df.attrs.get("warnings", []):
+            console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        console.print(f"wrote {escape(df.attrs['manifest'])}: {summarize(df)}", soft_wrap=True)
+
+
+# ============================================================================================ import-artefact
+@app.command("import-artefact", rich_help_panel="Data")
+@user_errors
+def import_artefact(
+    inputs: Annotated[list[Path], typer.Argument(metavar="PARQUET_FILES_OR_DIR", help=ARTEFACT_INPUTS_HELP)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for images/, masks/ and manifest.csv.")],
+    max_side: Annotated[
+        int | None, typer.Option("--max-side", help="Downscale so the longer side is at most N pixels.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the provisional random 70/15/15 split.")] = 0,
+    max_pixels: Annotated[
+        int | None, typer.Option("--max-pixels", help="Refuse scans above this many pixels (default 200 MP).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Re-import every row (and write into a non-empty folder).")
+    ] = False,
+) -> None:
+    """Import ARTeFACT from its Hugging Face parquet shards: images, index masks and a grouped manifest.
+
+    Re-running the same command continues an interrupted import (finished rows are skipped).
+    """
+    from ..artefact import import_artefact as run_import
+
+    run_import(inputs, out, max_side=max_side, overwrite=overwrite, max_pixels=max_pixels, seed=seed)
