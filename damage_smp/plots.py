@@ -211,3 +211,24 @@ def save_data_efficiency(
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_laid_out(fig, path)
+
+
+def save_pr_curve(curve: dict, best: dict, path: str | Path, title: str = "") -> None:
+    """Damage-vs-clean precision over recall for every threshold, the tuned one and 0.5 marked."""
+    prec, rec = np.asarray(curve["precision"], float), np.asarray(curve["recall"], float)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    ok = ~(np.isnan(prec) | np.isnan(rec))
+    ax.plot(rec[ok], prec[ok], color="#1f77b4", lw=1.5, label="damage vs clean, every threshold")
+    half = (len(prec) - 1) // 2
+    if ok[half]:
+        ax.plot(rec[half], prec[half], "s", color="#888888", label=f"0.5: F1 {best['f1_at_0.5']:.3f}")
+    ax.plot(best["recall"], best["precision"], "o", color="#d62728",
+            label=f"tuned {best['threshold']:.3f}: F1 {best['f1']:.3f}")  # fmt: skip
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall (damage pixels found)")
+    ax.set_ylabel("precision (predicted damage that is damage)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title or "precision-recall, damage vs clean", fontsize=9)
+    save_figure(fig, path)

@@ -402,12 +402,16 @@ def predict_index(
     tta: bool = False,
     accum_dtype: torch.dtype = torch.float32,
     progress: Callable[[int, int], None] | None = None,
+    decide: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_block: Callable[[int, int, int, int, torch.Tensor], None] | None = None,
 ) -> np.ndarray:
     """(H, W) uint8 class indices = argmax of ``predict_probs``, in memory bounded by tile x width.
 
     Peak memory beyond the image and the (H, W) uint8 result: the (C, tile, W) accumulator band (float32,
     or float16 with ``accum_dtype``), a (tile, W) float32 weight band and one batch of tile probabilities.
-    ``progress(n_done_tiles, n_total)`` is called after each batch.
+    ``progress(n_done_tiles, n_total)`` is called after each batch. ``decide``: (C, h, w) probabilities ->
+    (h, w) uint8 indices instead of the argmax (e.g. ``thresholds.Decision``); ``on_block(y0, y1, x0, x1,
+    probs)`` sees every block of final probabilities too (a threshold histogram, a probability map).
     """
     if num_classes > 256:
         raise ValueError(f"{num_classes} classes do not fit a uint8 index map (at most 256)")
@@ -418,5 +422,7 @@ def predict_index(
         model, img, num_classes, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
         amp_dtype=amp_dtype, tta=tta, accum_dtype=accum_dtype, progress=progress,
     ):  # fmt: skip
-        out[y0:y1, x0:x1] = probs.argmax(0).to(torch.uint8).cpu().numpy()
+        out[y0:y1, x0:x1] = (decide(probs) if decide else probs.argmax(0).to(torch.uint8)).cpu().numpy()
+        if on_block is not None:
+            on_block(y0, y1, x0, x1, probs)
     return out

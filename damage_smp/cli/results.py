@@ -29,12 +29,19 @@ def evaluate(
     max_pixels: Annotated[
         int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels (default: the run's).")
     ] = None,
+    tune: Annotated[
+        bool, typer.Option("--tune", help="With --split val: pick the F1-best damage threshold, write thresholds.json.")
+    ] = False,
 ) -> None:
-    """Score a run on every whole image of a split: metrics.json, confusion matrix, per-image and per-group tables."""
+    """Score a run on every whole image of a split: metrics.json, confusion matrix, per-image and per-group tables.
+
+    Scores use the argmax and, when the run has thresholds.json tuned on another split, the tuned threshold too.
+    """
     from ..evaluate import evaluate as run_evaluate
 
     run_evaluate(run_dir, split=split, manifest=manifest, checkpoint=checkpoint, tta=tta, device=device, tile=tile,
-                 overlap=overlap, batch_size=batch_size, max_pixels=max_pixels, console=console)  # fmt: skip
+                 overlap=overlap, batch_size=batch_size, max_pixels=max_pixels, tune=tune,
+                 console=console)  # fmt: skip
 
 
 # ============================================================================================ compare

@@ -28,6 +28,10 @@ def predict(
     tta: Annotated[bool, typer.Option("--tta", help="Average 4 flips (4x slower).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (CPU; the [onnx] extra).")] = "torch",
+    decision: Annotated[
+        str | None,
+        typer.Option(help="argmax, or tuned: the run's thresholds.json (default: tuned when the run has one)."),
+    ] = None,
     save: Annotated[str, typer.Option(help="Comma list of outputs: colour,index,overlay.")] = "colour,index,overlay",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs exist.")] = False,
     shard: Annotated[
@@ -58,7 +62,8 @@ def predict(
         result = prediction.predict(
             run_dir, inputs, out, checkpoint=checkpoint, tile=tile, overlap=overlap, batch_size=batch_size,
             tta=tta, device=device, save=save, overwrite=overwrite, max_pixels=max_pixels, workers=workers,
-            shard=prediction.parse_shard(shard) if shard else None, backend=backend, console=console,
+            shard=prediction.parse_shard(shard) if shard else None, backend=backend, decision=decision or "auto",
+            console=console,
         )  # fmt: skip
     except KeyboardInterrupt:
         again = "run the same command again to continue (finished images are skipped)"

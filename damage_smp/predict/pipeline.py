@@ -24,6 +24,7 @@ from ..models import ModelBundle, load_bundle
 from ..plots import legend_image
 from ..runs import read_json, write_json
 from ..system import resolve_amp, resolve_device
+from ..thresholds import Decision, resolve_decision
 from ..tiling import predict_index
 from .backend import check_backend, tile_model
 from .inputs import (
@@ -40,7 +41,8 @@ from .owned import check_nothing_foreign, clean_stale_temps, is_finished, predic
 
 INFLIGHT_PIXELS = 50_000_000  # beyond the first image, each pipeline side holds at most this many pixels
 TILE_PROGRESS_MIN = 16  # images with at least this many tiles get their own tile progress bar
-SETTINGS_COMPARED = ("run_dir", "checkpoint", "epoch", "tile", "overlap", "tta")
+SETTINGS_COMPARED = ("run_dir", "checkpoint", "epoch", "tile", "overlap", "tta", "decision", "threshold")
+SETTINGS_DEFAULTS = {"decision": "argmax"}  # what a predict.json without the key was made with
 
 
 def predict_image(
@@ -53,16 +55,18 @@ def predict_image(
     tta: bool = False,
     progress=None,
     model=None,
+    decision: Decision | None = None,
 ) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) uint8 class indices of ``bundle.scheme``; memory bounded by tile x W.
 
     On CUDA it runs under the autocast the run trained with (bf16/fp16; argmax barely notices), on CPU in fp32.
     ``model``: what runs the tiles instead of ``bundle.model`` (e.g. an ONNX Runtime session, ``backend``).
+    ``decision``: the rule from probabilities to classes (``thresholds.Decision``; default the argmax).
     """
     device = next(bundle.model.parameters()).device
     return predict_index(
         model or bundle.model, image, bundle.scheme.num_classes, tile=tile, overlap=overlap, batch_size=batch_size,
-        device=device, amp_dtype=resolve_amp(bundle.cfg.amp, device), tta=tta, progress=progress,
+        device=device, amp_dtype=resolve_amp(bundle.cfg.amp, device), tta=tta, progress=progress, decide=decision,
     )  # fmt: skip
 
 
@@ -83,6 +87,7 @@ def predict(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 2,
     backend: str = "torch",
+    decision: str = "auto",
     console: Console | None = None,
 ) -> PredictResult:
     """Predict every input image with a run's model and write masks, overlays and areas under ``out``.
@@ -92,6 +97,7 @@ def predict(
     ``torchrun`` each rank takes its share of that. Finished images are skipped unless ``overwrite``.
     An image that cannot be read or predicted is listed in ``failures``; the others are all processed.
     ``backend``: ``torch``, or ``onnxruntime`` (CPU; the same tiles through an ONNX Runtime session).
+    ``decision``: ``tuned`` (the run's thresholds.json), ``argmax``, or ``auto`` (tuned when the run has one).
     """
     console = console or Console()
     start = time.perf_counter()
@@ -104,19 +110,18 @@ def predict(
 
     dev = device_for_rank(check_backend(backend, device))
     bundle = load_bundle(run_dir, checkpoint, dev)
-    settings = _settings(run_dir, checkpoint, bundle, tile=tile, overlap=overlap, tta=tta, backend=backend)
+    rule = resolve_decision(Path(run_dir), decision, bundle.scheme, bundle.checkpoint_path)
+    settings = _settings(run_dir, checkpoint, bundle, tile=tile, overlap=overlap, tta=tta, backend=backend,
+                         decision=rule.kind, threshold=rule.threshold)  # fmt: skip
     _prepare_out(out, settings, bundle, overwrite, k, n)
     clean_stale_temps({out, *(j.base.parent for j in mine)})
 
     todo = [j for j, r in zip(mine, records, strict=True) if overwrite or not is_finished(j, r, kinds)]
     n_skipped = len(mine) - len(todo)
-    where = f" (shard {k}/{n})" if n > 1 else ""
-    console.print(
-        f"predicting {len(todo)} image(s){where} with {escape(run_dir)} "
-        f"({checkpoint}, epoch {bundle.epoch}) on {dev} ({backend}); {n_skipped} already finished"
-        + ("" if overwrite else " (--overwrite redoes them)")
-    )
-    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, model=tile_model(bundle, backend))
+    model_text = f"{escape(run_dir)} ({checkpoint}, epoch {bundle.epoch}) on {dev} ({backend}, {_rule_text(rule)})"
+    _announce(console, len(todo), n_skipped, (k, n), model_text, overwrite)
+    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, model=tile_model(bundle, backend),
+                   decision=rule)  # fmt: skip
     pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options)
     n_done, failures = pipeline.run(todo, console, show_progress=int(os.environ.get("RANK", "0")) == 0)
 
@@ -173,6 +178,18 @@ def _merge(out: Path, console: Console) -> bool:
         return False
 
 
+def _announce(console: Console, n_todo: int, n_skipped: int, shard: tuple[int, int], model: str, overwrite: bool):
+    where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    console.print(
+        f"predicting {n_todo} image(s){where} with {model}; {n_skipped} already finished"
+        + ("" if overwrite else " (--overwrite redoes them)")
+    )
+
+
+def _rule_text(rule: Decision) -> str:
+    return f"damage threshold {rule.threshold:.3f} from thresholds.json" if rule.kind == "tuned" else "argmax"
+
+
 def device_for_rank(name: str) -> torch.device:
     """--device, and under torchrun on CUDA the GPU of this rank (cuda:LOCAL_RANK)."""
     device = torch.device(resolve_device(name))
@@ -188,7 +205,8 @@ def check_previous_settings(out: Path, settings: dict, overwrite: bool) -> None:
     if overwrite or not predict_json_is_ours(out):  # an empty predict.json (nothing to compare) is replaced
         return
     old = read_json(out / "predict.json")
-    diffs = [f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in SETTINGS_COMPARED if old.get(k) != settings[k]]
+    was = {k: old.get(k, SETTINGS_DEFAULTS.get(k)) for k in SETTINGS_COMPARED}
+    diffs = [f"{k} {was[k]!r} -> {settings[k]!r}" for k in SETTINGS_COMPARED if was[k] != settings[k]]
     if diffs:
         raise ValueError(
             f"{out}: holds predictions made differently ({'; '.join(diffs)}); "
