@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checkpoints import CheckpointError
+from .cleanup import fill_class, parse_min_area
 from .console import fmt, progress_bar
 from .images import read_image, read_mask
 from .labels import LabelScheme, UnknownMaskValues
@@ -57,6 +58,7 @@ def evaluate(
     batch_size: int | None = None,
     max_pixels: int | None = None,
     tune: bool = False,
+    min_area: str | int | dict | None = None,
     console: Console | None = None,
 ) -> dict:
     """Evaluate a run's checkpoint on every whole image of a split; write and return its metrics entry.
@@ -65,6 +67,7 @@ def evaluate(
     default: the manifest the run was trained on. ``tile``/``overlap``/``batch_size``/``max_pixels`` default
     to the run's training settings. ``tune``: choose the damage threshold on this split (val only) and write
     thresholds.json. Scores with a tuned threshold (``tuned``) are of one chosen on another split, never this one.
+    ``min_area``: remove damage components below this size from every prediction before scoring (``cleanup``).
     Returns the metrics.json entry plus ``split_key`` and ``files``.
     """
     console = console or Console()
@@ -75,27 +78,24 @@ def evaluate(
     tile, overlap, batch_size, max_pixels = window_settings(cfg, tile, overlap, batch_size, max_pixels)
     manifest_path, foreign, rows, groups, split_key = load_split(paths, cfg.manifest, manifest, split, console)
     decision, note = tuned_decision(run_dir, split_key, scheme, ckpt_path, tune)
-    hist = DamageHistogram(scheme) if tune else None
+    sizes, hist = parse_min_area(min_area, scheme), DamageHistogram(scheme) if tune else None
 
     # ------------------------------------------------------------------ model
     dev = resolve_device(device)
     bundle = load_bundle(run_dir, checkpoint, dev)
     predict = partial(predict_index, bundle.model, num_classes=scheme.num_classes, tile=tile, overlap=overlap,
                       batch_size=batch_size, device=dev, amp_dtype=resolve_amp(cfg.amp, dev), tta=tta)  # fmt: skip
-    settings = {"checkpoint": checkpoint, "epoch": bundle.epoch, "tta": bool(tta), "tile": tile, "overlap": overlap}
-    console.print(
-        f"[bold]{run_dir}[/]  {ckpt_path.name} (epoch {bundle.epoch})  {split_key}: {len(rows)} images  "
-        f"tile {tile} overlap {overlap:g}{'  TTA x4' if tta else ''}  device={dev}"
-    )
+    settings = {"checkpoint": checkpoint, "epoch": bundle.epoch, "tta": bool(tta), "tile": tile, "overlap": overlap,
+                "min_area": {scheme.names[c]: px for c, px in sizes.items()}}  # fmt: skip
+    console.print(f"[bold]{run_dir}[/]  {ckpt_path.name} (epoch {bundle.epoch})  {split_key}: {len(rows)} images  "
+                  f"tile {tile} overlap {overlap:g}{'  TTA x4' if tta else ''}  device={dev}")  # fmt: skip
 
     # ------------------------------------------------------------------ the loop, then the numbers
-    maps = partial(image_maps, predict, tuned=decision, hist=hist)
+    maps = partial(image_maps, predict, tuned=decision, hist=hist, min_area=sizes, fill=fill_class(scheme))
     totals, mats, per_image = score_images(rows, groups, maps, scheme, foreign, max_pixels, console, split_key)
     total = totals["argmax"]
-    entry = {
-        **scores_entry(total, mats, rows, groups, scheme, manifest_path, settings),
-        "tuned": tuned_entry(decision, note, totals.get("tuned"), scheme),
-    }
+    entry = {**scores_entry(total, mats, rows, groups, scheme, manifest_path, settings),
+             "tuned": tuned_entry(decision, note, totals.get("tuned"), scheme)}  # fmt: skip
     files = write_outputs(paths, split_key, entry, total, per_image, groups, scheme)
     if hist is not None:
         files += write_tuned(paths, hist, checkpoint, bundle, len(rows), scheme, console)

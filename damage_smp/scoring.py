@@ -14,6 +14,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from .cleanup import remove_small
 from .console import fmt
 from .labels import LabelScheme
 from .metrics import ConfusionMatrix
@@ -26,8 +27,9 @@ COMPARED = (("damage-vs-clean F1", "damage_f1"), ("damage-vs-clean IoU", "damage
 
 
 def image_maps(predict: Callable, image: np.ndarray, target: np.ndarray, tuned: Decision | None,
-               hist: DamageHistogram | None) -> dict[str, np.ndarray]:  # fmt: skip
-    """{"argmax": (H, W) uint8, "tuned": (H, W) uint8 when ``tuned``}; ``hist`` gets every block too."""
+               hist: DamageHistogram | None, min_area: dict[int, int], fill: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """{"argmax": (H, W) uint8, "tuned": (H, W) uint8 when ``tuned``}; ``hist`` gets every block too (before
+    any clean-up); ``min_area`` components are removed from each map (``cleanup.remove_small``)."""
     tuned_map = np.empty(target.shape, np.uint8) if tuned is not None else None
 
     def on_block(y0: int, y1: int, x0: int, x1: int, probs) -> None:
@@ -39,6 +41,8 @@ def image_maps(predict: Callable, image: np.ndarray, target: np.ndarray, tuned: 
     maps = {"argmax": predict(image, on_block=on_block)}
     if tuned_map is not None:
         maps["tuned"] = tuned_map
+    for index in maps.values():
+        remove_small(index, min_area, fill)
     return maps
 
 

@@ -35,6 +35,12 @@ MaxPixelsOpt = Annotated[
     int,
     typer.Option("--max-pixels", help="Refuse images above this many pixels (decompression-bomb guard)."),
 ]
+DecisionOpt = Annotated[
+    str | None, typer.Option(help="argmax, or tuned: the run's thresholds.json (default: tuned when the run has one).")
+]
+MinAreaOpt = Annotated[
+    str | None, typer.Option("--min-area", help='Remove damage regions under PX pixels (or JSON {"class": px}).')
+]
 ARTEFACT_INPUTS_HELP = "ARTeFACT .parquet shards, or folders holding them (searched recursively)."
 SOURCE_HELP = "A predict --out folder (gallery), or a run dir / folder of runs (study page)."
 

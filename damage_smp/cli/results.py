@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..console import escape
-from .app import SOURCE_HELP, app, console, user_errors
+from .app import SOURCE_HELP, MinAreaOpt, app, console, user_errors
 
 
 # ============================================================================================ evaluate
@@ -32,6 +32,7 @@ def evaluate(
     tune: Annotated[
         bool, typer.Option("--tune", help="With --split val: pick the F1-best damage threshold, write thresholds.json.")
     ] = False,
+    min_area: MinAreaOpt = None,
 ) -> None:
     """Score a run on every whole image of a split: metrics.json, confusion matrix, per-image and per-group tables.
 
@@ -41,7 +42,7 @@ def evaluate(
 
     run_evaluate(run_dir, split=split, manifest=manifest, checkpoint=checkpoint, tta=tta, device=device, tile=tile,
                  overlap=overlap, batch_size=batch_size, max_pixels=max_pixels, tune=tune,
-                 console=console)  # fmt: skip
+                 min_area=min_area, console=console)  # fmt: skip
 
 
 # ============================================================================================ compare

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..console import escape
-from .app import MaxPixelsOpt, UserError, app, console, user_errors
+from .app import DecisionOpt, MaxPixelsOpt, MinAreaOpt, UserError, app, console, user_errors
 
 
 # ============================================================================================ predict
@@ -28,10 +28,8 @@ def predict(
     tta: Annotated[bool, typer.Option("--tta", help="Average 4 flips (4x slower).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (CPU; the [onnx] extra).")] = "torch",
-    decision: Annotated[
-        str | None,
-        typer.Option(help="argmax, or tuned: the run's thresholds.json (default: tuned when the run has one)."),
-    ] = None,
+    decision: DecisionOpt = None,
+    min_area: MinAreaOpt = None,
     save: Annotated[str, typer.Option(help="Comma list of outputs: colour,index,overlay.")] = "colour,index,overlay",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs exist.")] = False,
     shard: Annotated[
@@ -51,20 +49,32 @@ def predict(
     from .. import predict as prediction
 
     if merge_areas is not None:
-        if run_dir is not None or inputs:
-            raise UserError("--merge-areas DIR works alone; drop RUN_DIR and INPUTS (or drop --merge-areas)")
-        path, n = prediction.merge_areas(merge_areas)
-        console.print(f"merged the areas of {n} image(s) into [bold]{escape(str(path))}[/]")
-        return
+        return _merge_only(merge_areas, run_dir is not None or bool(inputs))
     if run_dir is None or not inputs or out is None:
         raise UserError("give RUN_DIR, one or more INPUTS and --out DIR (or --merge-areas DIR)")
+    _run_batch(
+        run_dir, inputs, out, checkpoint=checkpoint, tile=tile, overlap=overlap, batch_size=batch_size,
+        tta=tta, device=device, save=save, overwrite=overwrite, max_pixels=max_pixels, workers=workers,
+        shard=prediction.parse_shard(shard) if shard else None, backend=backend, decision=decision or "auto",
+        min_area=min_area,
+    )  # fmt: skip
+
+
+def _merge_only(folder: Path, more: bool) -> None:
+    from .. import predict as prediction
+
+    if more:
+        raise UserError("--merge-areas DIR works alone; drop RUN_DIR and INPUTS (or drop --merge-areas)")
+    path, n = prediction.merge_areas(folder)
+    console.print(f"merged the areas of {n} image(s) into [bold]{escape(str(path))}[/]")
+
+
+def _run_batch(*args, **kwargs) -> None:
+    """predict(...), its summary, and exit code 1 when an input failed; Ctrl-C says how to continue."""
+    from .. import predict as prediction
+
     try:
-        result = prediction.predict(
-            run_dir, inputs, out, checkpoint=checkpoint, tile=tile, overlap=overlap, batch_size=batch_size,
-            tta=tta, device=device, save=save, overwrite=overwrite, max_pixels=max_pixels, workers=workers,
-            shard=prediction.parse_shard(shard) if shard else None, backend=backend, decision=decision or "auto",
-            console=console,
-        )  # fmt: skip
+        result = prediction.predict(*args, **kwargs, console=console)
     except KeyboardInterrupt:
         again = "run the same command again to continue (finished images are skipped)"
         raise UserError(f"interrupted (Ctrl-C); {again}") from None

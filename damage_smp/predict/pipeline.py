@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from ..cleanup import fill_class, parse_min_area, remove_small
 from ..console import escape, progress_bar
 from ..images import DEFAULT_MAX_PIXELS, image_size, read_image, write_image
 from ..models import ModelBundle, load_bundle
@@ -41,8 +42,8 @@ from .owned import check_nothing_foreign, clean_stale_temps, is_finished, predic
 
 INFLIGHT_PIXELS = 50_000_000  # beyond the first image, each pipeline side holds at most this many pixels
 TILE_PROGRESS_MIN = 16  # images with at least this many tiles get their own tile progress bar
-SETTINGS_COMPARED = ("run_dir", "checkpoint", "epoch", "tile", "overlap", "tta", "decision", "threshold")
-SETTINGS_DEFAULTS = {"decision": "argmax"}  # what a predict.json without the key was made with
+SETTINGS_COMPARED = ("run_dir", "checkpoint", "epoch", "tile", "overlap", "tta", "decision", "threshold", "min_area")
+SETTINGS_DEFAULTS = {"decision": "argmax", "min_area": {}}  # what a predict.json without the key was made with
 
 
 def predict_image(
@@ -88,6 +89,7 @@ def predict(
     workers: int = 2,
     backend: str = "torch",
     decision: str = "auto",
+    min_area: str | int | dict | None = None,
     console: Console | None = None,
 ) -> PredictResult:
     """Predict every input image with a run's model and write masks, overlays and areas under ``out``.
@@ -98,10 +100,9 @@ def predict(
     An image that cannot be read or predicted is listed in ``failures``; the others are all processed.
     ``backend``: ``torch``, or ``onnxruntime`` (CPU; the same tiles through an ONNX Runtime session).
     ``decision``: ``tuned`` (the run's thresholds.json), ``argmax``, or ``auto`` (tuned when the run has one).
+    ``min_area``: remove damage components below this many pixels (an int, or {class name: px}; ``cleanup``).
     """
-    console = console or Console()
-    start = time.perf_counter()
-    kinds = parse_save(save)
+    console, start, kinds = console or Console(), time.perf_counter(), parse_save(save)
     check_options(tile, overlap, batch_size, workers, max_pixels)
     k, n = effective_shard(shard)
     out = Path(out)
@@ -111,8 +112,8 @@ def predict(
     dev = device_for_rank(check_backend(backend, device))
     bundle = load_bundle(run_dir, checkpoint, dev)
     rule = resolve_decision(Path(run_dir), decision, bundle.scheme, bundle.checkpoint_path)
-    settings = _settings(run_dir, checkpoint, bundle, tile=tile, overlap=overlap, tta=tta, backend=backend,
-                         decision=rule.kind, threshold=rule.threshold)  # fmt: skip
+    sizes = parse_min_area(min_area, bundle.scheme)
+    settings = _settings(run_dir, checkpoint, bundle, rule, sizes, tile=tile, overlap=overlap, tta=tta, backend=backend)
     _prepare_out(out, settings, bundle, overwrite, k, n)
     clean_stale_temps({out, *(j.base.parent for j in mine)})
 
@@ -122,17 +123,17 @@ def predict(
     _announce(console, len(todo), n_skipped, (k, n), model_text, overwrite)
     options = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, model=tile_model(bundle, backend),
                    decision=rule)  # fmt: skip
-    pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options)
+    pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options, sizes)
     n_done, failures = pipeline.run(todo, console, show_progress=int(os.environ.get("RANK", "0")) == 0)
 
-    areas_path = write_tables(out, mine, failures, bundle.scheme, k, n)
-    result = PredictResult(n_done, n_skipped, failures, out, areas_path, seconds=time.perf_counter() - start)
-    if n > 1 and all(batch_tables(out, i, n)[0].is_file() for i in range(1, n + 1)):
-        result.merged = _merge(out, console)
+    result = PredictResult(n_done, n_skipped, failures, out, write_tables(out, mine, failures, bundle.scheme, k, n))
+    every_shard = n > 1 and all(batch_tables(out, i, n)[0].is_file() for i in range(1, n + 1))
+    result.merged = every_shard and _merge(out, console)
+    result.seconds = time.perf_counter() - start
     return result
 
 
-def _settings(run_dir: str | Path, checkpoint: str, bundle: ModelBundle, **tiling) -> dict:
+def _settings(run_dir: str | Path, checkpoint: str, bundle: ModelBundle, rule: Decision, sizes: dict, **tiling) -> dict:
     """predict.json: what made these predictions (a later batch into the same folder must match its
     SETTINGS_COMPARED; not the backend, which gives the same masks, so a batch may resume on the other one)."""
     return {
@@ -141,6 +142,9 @@ def _settings(run_dir: str | Path, checkpoint: str, bundle: ModelBundle, **tilin
         "checkpoint_path": str(bundle.checkpoint_path),
         "epoch": bundle.epoch,
         **tiling,
+        "decision": rule.kind,
+        "threshold": rule.threshold,
+        "min_area": {bundle.scheme.names[c]: px for c, px in sizes.items()},
         "label_scheme": bundle.scheme.to_dict(),
     }
 
@@ -217,9 +221,11 @@ def check_previous_settings(out: Path, settings: dict, overwrite: bool) -> None:
 class Pipeline:
     """Read ahead, predict, write behind; bounded queues on both sides (see the package docstring)."""
 
-    def __init__(self, bundle: ModelBundle, kinds, overwrite: bool, max_pixels: int, workers: int, options):
+    def __init__(self, bundle: ModelBundle, kinds, overwrite: bool, max_pixels: int, workers: int, options,
+                 min_area: dict[int, int] | None = None):  # fmt: skip
         self.bundle, self.kinds, self.overwrite = bundle, kinds, overwrite
         self.max_pixels, self.workers, self.options = max_pixels, workers, options
+        self.min_area = min_area or {}
 
     def run(self, jobs: list[Job], console: Console, show_progress: bool = True):
         """-> (images written, [(path, error)]), in input order."""
@@ -249,7 +255,10 @@ class Pipeline:
                 progress.update(tiles, completed=n_done)
 
         try:
-            return predict_image(self.bundle, image, progress=on_tiles, **self.options)
+            index = predict_image(self.bundle, image, progress=on_tiles, **self.options)
+            if self.min_area:
+                remove_small(index, self.min_area, fill_class(self.bundle.scheme))
+            return index
         finally:
             if tiles is not None:
                 progress.remove_task(tiles)
