@@ -37,7 +37,7 @@ from .metrics import ConfusionMatrix, image_detection
 from .models import load_bundle
 from .plots import save_confusion_matrix, save_pr_curve
 from .runs import RunPaths, read_json, read_run_config, sha256_file, split_filename, write_csv, write_json
-from .scoring import image_maps, print_decisions, tuned_decision, tuned_entry
+from .scoring import TolerantCounts, image_maps, print_decisions, print_tolerant, tuned_decision, tuned_entry
 from .system import resolve_amp, resolve_device
 from .thresholds import DamageHistogram, write_thresholds
 from .tiling import predict_index
@@ -59,6 +59,7 @@ def evaluate(
     max_pixels: int | None = None,
     tune: bool = False,
     min_area: str | int | dict | None = None,
+    tolerance: int = 2,
     console: Console | None = None,
 ) -> dict:
     """Evaluate a run's checkpoint on every whole image of a split; write and return its metrics entry.
@@ -68,10 +69,10 @@ def evaluate(
     to the run's training settings. ``tune``: choose the damage threshold on this split (val only) and write
     thresholds.json. Scores with a tuned threshold (``tuned``) are of one chosen on another split, never this one.
     ``min_area``: remove damage components below this size from every prediction before scoring (``cleanup``).
+    ``tolerance``: the distance in pixels of the tolerant per-class scores (``tolerant``; ``scoring.TolerantCounts``).
     Returns the metrics.json entry plus ``split_key`` and ``files``.
     """
-    console = console or Console()
-    run_dir = Path(run_dir)
+    console, run_dir = console or Console(), Path(run_dir)
     paths = RunPaths(run_dir)
     cfg, scheme, _ = read_run_config(run_dir)  # missing dir / not a run / other config_version: one clear line
     ckpt_path = checkpoint_path(paths, checkpoint)
@@ -79,6 +80,7 @@ def evaluate(
     manifest_path, foreign, rows, groups, split_key = load_split(paths, cfg.manifest, manifest, split, console)
     decision, note = tuned_decision(run_dir, split_key, scheme, ckpt_path, tune)
     sizes, hist = parse_min_area(min_area, scheme), DamageHistogram(scheme) if tune else None
+    TolerantCounts(scheme, tolerance)  # a negative --tolerance fails before the model loads
 
     # ------------------------------------------------------------------ model
     dev = resolve_device(device)
@@ -92,15 +94,16 @@ def evaluate(
 
     # ------------------------------------------------------------------ the loop, then the numbers
     maps = partial(image_maps, predict, tuned=decision, hist=hist, min_area=sizes, fill=fill_class(scheme))
-    totals, mats, per_image = score_images(rows, groups, maps, scheme, foreign, max_pixels, console, split_key)
+    totals, tolerant, mats, per_image = score_images(rows, groups, maps, scheme, foreign, max_pixels, console,
+                                                     split_key, tolerance)  # fmt: skip
     total = totals["argmax"]
     entry = {**scores_entry(total, mats, rows, groups, scheme, manifest_path, settings),
-             "tuned": tuned_entry(decision, note, totals.get("tuned"), scheme)}  # fmt: skip
+             "tolerant": tolerant["argmax"].entry(),
+             "tuned": tuned_entry(decision, note, totals.get("tuned"), scheme, tolerant.get("tuned"))}  # fmt: skip
     files = write_outputs(paths, split_key, entry, total, per_image, groups, scheme)
     if hist is not None:
         files += write_tuned(paths, hist, checkpoint, bundle, len(rows), scheme, console)
     print_summary(console, split_key, entry, scheme)
-    print_decisions(console, entry)
     console.print("wrote " + ", ".join(str(f) for f in files))
     return {**entry, "split_key": split_key, "files": [str(f) for f in files]}
 
@@ -149,10 +152,12 @@ def load_split(paths: RunPaths, trained_on: str, given: str | Path | None, split
 
 
 def score_images(rows, groups: list[str], maps: Callable, scheme: LabelScheme, foreign: bool, max_pixels: int,
-                 console: Console, split_key: str) -> tuple[dict, list[np.ndarray], list[dict]]:  # fmt: skip
-    """Predict every image of the split: ({decision: the split's matrix}, one (C, C) argmax matrix per image,
-    per-image rows). ``maps(image, target)`` -> {"argmax": (H, W), ...} (``scoring.image_maps``)."""
+                 console: Console, split_key: str, tolerance: int = 2) -> tuple[dict, dict, list, list]:  # fmt: skip
+    """Predict every image of the split: ({decision: the split's matrix}, {decision: TolerantCounts}, one (C, C)
+    argmax matrix per image, per-image rows). ``maps(image, target)`` -> {"argmax": (H, W), ...}
+    (``scoring.image_maps``)."""
     totals: dict[str, ConfusionMatrix] = {}
+    tolerant = {"argmax": TolerantCounts(scheme, tolerance)}
     mats: list[np.ndarray] = []
     per_image: list[dict] = []
     with progress_bar(console) as bar:
@@ -169,6 +174,7 @@ def score_images(rows, groups: list[str], maps: Callable, scheme: LabelScheme, f
                 cm = ConfusionMatrix(scheme.num_classes)
                 cm.update(pred, target)
                 totals.setdefault(name, ConfusionMatrix(scheme.num_classes)).merge(cm)
+                tolerant.setdefault(name, TolerantCounts(scheme, tolerance)).update(pred, target)
                 if name == "argmax":
                     mat = cm.to_numpy()  # (C, C) int64 [target, pred]
             mats.append(mat)
@@ -177,7 +183,7 @@ def score_images(rows, groups: list[str], maps: Callable, scheme: LabelScheme, f
             bar.advance(task)
     if not totals:
         totals["argmax"] = ConfusionMatrix(scheme.num_classes)
-    return totals, mats, per_image
+    return totals, tolerant, mats, per_image
 
 
 def checkpoint_path(paths: RunPaths, checkpoint: str) -> Path:
@@ -354,3 +360,5 @@ def print_summary(console: Console, key: str, entry: dict, scheme: LabelScheme) 
         for r in rows:
             gt.add_row(str(r["group"]), str(r["n_images"]), *[fmt(r[m], ".4f") for m in GROUP_METRICS])
         console.print(gt)
+    print_tolerant(console, entry)
+    print_decisions(console, entry)

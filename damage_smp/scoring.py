@@ -7,16 +7,19 @@ forward pass. A threshold is never scored on the split it was chosen on (``tuned
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from . import scores
 from .cleanup import remove_small
 from .console import fmt
-from .labels import LabelScheme
+from .labels import IGNORE_INDEX, LabelScheme
 from .metrics import ConfusionMatrix
 from .runs import sha256_file
 from .thresholds import FILE, HOW_TO_TUNE, DamageHistogram, Decision, read_thresholds
@@ -64,12 +67,14 @@ def tuned_decision(run_dir: Path, split_key: str, scheme: LabelScheme, checkpoin
     return Decision.tuned(scheme, int(data["level"])), f"threshold {data['threshold']:.3f} tuned on {data['split']}"
 
 
-def tuned_entry(decision: Decision | None, note: str, total: ConfusionMatrix | None, scheme: LabelScheme) -> dict:
+def tuned_entry(decision: Decision | None, note: str, total: ConfusionMatrix | None, scheme: LabelScheme,
+                tolerant: TolerantCounts | None = None) -> dict:  # fmt: skip
     """metrics.json's "tuned" part: the threshold and the scores with it, or why there are none."""
     if decision is None or total is None:
         return {"skipped": note}
     return {"threshold": decision.threshold, "level": decision.level, "note": note,
             "summary": total.summary(scheme), "per_class": total.per_class(scheme),
+            "tolerant": tolerant.entry() if tolerant is not None else None,
             "confusion_matrix": total.to_numpy().tolist()}  # fmt: skip
 
 
@@ -85,3 +90,79 @@ def print_decisions(console: Console, entry: dict) -> None:
     for label, key in COMPARED:
         table.add_row(label, fmt(entry["summary"][key], ".4f"), fmt(tuned["summary"][key], ".4f"))
     console.print(table)
+
+
+def print_tolerant(console: Console, entry: dict) -> None:
+    """Per damage class: pixel-exact F1 beside precision, recall and F1 within the tolerance."""
+    tol = entry["tolerant"]
+    exact = {r["name"]: r for r in entry["per_class"]}
+    table = Table(title=f"damage classes within {tol['tolerance_px']} px (as thin cracks are scored)")
+    for col in ("class", "F1 exact", "precision ±px", "recall ±px", "F1 ±px", "target px"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for r in tol["per_class"]:
+        if r["support"] or r["predicted"]:
+            cells = [fmt(v, ".4f") for v in (exact[r["name"]]["dice"], r["precision"], r["recall"], r["f1"])]
+            table.add_row(r["name"], *cells, f"{r['support']:,}")
+    console.print(table)
+
+
+# ============================================================================================ tolerance
+class TolerantCounts:
+    """Precision, recall and F1 of each damage class with a distance tolerance, as thin cracks are scored.
+
+    A predicted pixel of class c is a hit when a true pixel of c lies within ``tolerance`` pixels (a disk of
+    that radius, ``cv2.MORPH_ELLIPSE``); a true pixel is found when a predicted pixel of c lies within it.
+    precision = predicted hits / predicted, recall = true found / true. At tolerance 0 both hits are the
+    overlap, so these are the pixel-exact precision, recall and F1 (= Dice). Pixels whose target is ignored
+    count in neither. Dilated in strips of ``STRIP_ROWS`` rows (with ``tolerance`` rows of context each side),
+    so memory is a few strips of masks, whatever the image size.
+    """
+
+    STRIP_ROWS = 1024
+
+    def __init__(self, scheme: LabelScheme, tolerance: int):
+        if tolerance < 0:
+            raise ValueError(f"--tolerance {tolerance}: must be a distance in pixels >= 0, e.g. 2")
+        self.scheme, self.tolerance = scheme, int(tolerance)
+        size = 2 * self.tolerance + 1
+        self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+        self.counts = np.zeros((scheme.num_classes, 4), np.int64)  # predicted, predicted hits, true, true found
+
+    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
+        """One image: (H, W) uint8 predicted and target class indices."""
+        t, h = self.tolerance, pred.shape[0]
+        for y0 in range(0, h, self.STRIP_ROWS):
+            y1 = min(y0 + self.STRIP_ROWS, h)
+            c0, c1 = max(0, y0 - t), min(h, y1 + t)  # rows of context
+            p, g, keep = pred[c0:c1], target[c0:c1], slice(y0 - c0, y1 - c0)
+            valid = g != IGNORE_INDEX
+            for c in self.scheme.damage_indices:
+                pc, gc = ((p == c) & valid).view(np.uint8), (g == c).view(np.uint8)
+                if not (pc[keep].any() or gc[keep].any()):
+                    continue
+                near_true, near_pred = cv2.dilate(gc, self.kernel), cv2.dilate(pc, self.kernel)
+                pk, gk = pc[keep].view(bool), gc[keep].view(bool)
+                self.counts[c] += (pk.sum(), (pk & near_true[keep].view(bool)).sum(),
+                                   gk.sum(), (gk & near_pred[keep].view(bool)).sum())  # fmt: skip
+
+    def per_class(self) -> list[dict]:
+        rows = []
+        for c in self.scheme.damage_indices:
+            n_pred, hit, n_true, found = (int(v) for v in self.counts[c])
+            prec, rec = scores.ratio(hit, n_pred), scores.ratio(found, n_true)
+            f1 = _harmonic(prec, rec, n_pred + n_true)
+            rows.append({"name": self.scheme.names[c], "precision": prec, "recall": rec, "f1": f1,
+                         "predicted": n_pred, "predicted_hits": hit, "support": n_true, "found": found})  # fmt: skip
+        return rows
+
+    def entry(self) -> dict:
+        return {"tolerance_px": self.tolerance, "per_class": self.per_class()}
+
+
+def _harmonic(prec: float, rec: float, n: int) -> float:
+    """F1 = 2PR / (P + R); 0 when one side is empty and the other is not (as Dice), NaN when both are."""
+    if n == 0:
+        return math.nan
+    if math.isnan(prec) or math.isnan(rec) or prec + rec == 0:
+        return 0.0
+    return 2 * prec * rec / (prec + rec)

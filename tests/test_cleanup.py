@@ -63,6 +63,7 @@ def test_predict_and_evaluate_apply_min_area(shared_run, tmp_path):
     }
     none = evaluate(shared_run, split="val", device="cpu", min_area=10**9)  # every component is below that
     assert none["summary"]["damage_recall"] == 0 and none["min_area"]["Cracks"] == 10**9
+    assert none["tolerant"]["tolerance_px"] == 2 and all(r["predicted"] == 0 for r in none["tolerant"]["per_class"])
 
 
 def test_unknown_class_in_min_area_is_one_line(shared_run, tmp_path):

@@ -33,6 +33,9 @@ def evaluate(
         bool, typer.Option("--tune", help="With --split val: pick the F1-best damage threshold, write thresholds.json.")
     ] = False,
     min_area: MinAreaOpt = None,
+    tolerance: Annotated[
+        int, typer.Option(help="Tolerant per-class precision/recall/F1: a hit within this many pixels.")
+    ] = 2,
 ) -> None:
     """Score a run on every whole image of a split: metrics.json, confusion matrix, per-image and per-group tables.
 
@@ -42,7 +45,7 @@ def evaluate(
 
     run_evaluate(run_dir, split=split, manifest=manifest, checkpoint=checkpoint, tta=tta, device=device, tile=tile,
                  overlap=overlap, batch_size=batch_size, max_pixels=max_pixels, tune=tune,
-                 min_area=min_area, console=console)  # fmt: skip
+                 min_area=min_area, tolerance=tolerance, console=console)  # fmt: skip
 
 
 # ============================================================================================ compare
