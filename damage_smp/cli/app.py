@@ -41,6 +41,7 @@ DecisionOpt = Annotated[
 MinAreaOpt = Annotated[
     str | None, typer.Option("--min-area", help='Remove damage regions under PX pixels (or JSON {"class": px}).')
 ]
+DpiOpt = Annotated[float | None, typer.Option(help="Scan resolution for mm² in areas.csv (default: the file's).")]
 ARTEFACT_INPUTS_HELP = "ARTeFACT .parquet shards, or folders holding them (searched recursively)."
 SOURCE_HELP = "A predict --out folder (gallery), or a run dir / folder of runs (study page)."
 

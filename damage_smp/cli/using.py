@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..console import escape
-from .app import DecisionOpt, MaxPixelsOpt, MinAreaOpt, UserError, app, console, user_errors
+from .app import DecisionOpt, DpiOpt, MaxPixelsOpt, MinAreaOpt, UserError, app, console, user_errors
 
 
 # ============================================================================================ predict
@@ -30,6 +30,7 @@ def predict(
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (CPU; the [onnx] extra).")] = "torch",
     decision: DecisionOpt = None,
     min_area: MinAreaOpt = None,
+    dpi: DpiOpt = None,
     save: Annotated[str, typer.Option(help="Comma list of outputs: colour,index,overlay.")] = "colour,index,overlay",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs exist.")] = False,
     shard: Annotated[
@@ -56,7 +57,7 @@ def predict(
         run_dir, inputs, out, checkpoint=checkpoint, tile=tile, overlap=overlap, batch_size=batch_size,
         tta=tta, device=device, save=save, overwrite=overwrite, max_pixels=max_pixels, workers=workers,
         shard=prediction.parse_shard(shard) if shard else None, backend=backend, decision=decision or "auto",
-        min_area=min_area,
+        min_area=min_area, dpi=dpi,
     )  # fmt: skip
 
 

@@ -217,7 +217,7 @@ def effective_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     return k, n
 
 
-def check_options(tile: int, overlap: float, batch_size: int, workers: int, max_pixels: int) -> None:
+def check_options(tile: int, overlap: float, batch_size: int, workers: int, max_pixels: int, dpi=None) -> None:
     plan_tiles(tile, tile, tile, overlap)  # raises the --tile / --overlap message
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: must be at least 1, e.g. 4")
@@ -225,3 +225,5 @@ def check_options(tile: int, overlap: float, batch_size: int, workers: int, max_
         raise ValueError(f"--workers {workers}: must be at least 1, e.g. 2")
     if max_pixels < 1:
         raise ValueError(f"--max-pixels {max_pixels}: must be positive, e.g. {DEFAULT_MAX_PIXELS}")
+    if dpi is not None and not dpi > 0:
+        raise ValueError(f"--dpi {dpi:g}: must be the scans' resolution in dots per inch, > 0, e.g. 600")

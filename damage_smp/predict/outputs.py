@@ -16,7 +16,7 @@ import pandas as pd
 from rich.console import Console
 
 from ..console import escape
-from ..images import atomic_write_bytes, encode_image
+from ..images import atomic_write_bytes, dpi_text, encode_image, image_dpi, mm2_per_pixel
 from ..labels import LabelScheme
 from ..plots import legend_image
 from ..runs import write_csv, write_json
@@ -81,6 +81,7 @@ def write_outputs(
             "width": int(index.shape[1]),
             "height": int(index.shape[0]),
             "pixels": {name: int(c) for name, c in zip(scheme.names, counts, strict=True)},
+            "dpi": image_dpi(job.source),  # [x, y] from the file's header, or null
             "outputs": {k: output_entry(job, k) for k in (*kept, *want)},
         },
     )
@@ -158,17 +159,20 @@ def _write_marked(path: Path, data: bytes) -> None:
 
 # ============================================================================================ areas
 def area_fields(scheme: LabelScheme) -> list[str]:
-    fields = ["image", "mask", "index", "overlay", "width", "height", "object_px", "damage_px", "damage_pct"]
+    fields = ["image", "mask", "index", "overlay", "width", "height", "dpi", "object_px", "damage_px", "damage_pct",
+              "damage_mm2"]  # fmt: skip
     for i, name in enumerate(scheme.names):
         fields.append(f"{name}_px")
         if i != scheme.background_index:
             fields.append(f"{name}_pct")
+        fields.append(f"{name}_mm2")
     return fields
 
 
-def area_row(job: Job, scheme: LabelScheme, out: Path) -> dict:
+def area_row(job: Job, scheme: LabelScheme, out: Path, dpi: float | None = None) -> dict:
     """One areas.csv row from an image's areas file: pixels per class and % of the object (every pixel but
     Background); ``damage_pct`` is the share of all damage classes together. Output paths are relative to out.
+    ``_mm2`` columns: at ``dpi`` (--dpi) or the resolution the scan's file gives; empty when neither is known.
     """
     record = read_record(job)
     if not is_final(record):
@@ -186,11 +190,20 @@ def area_row(job: Job, scheme: LabelScheme, out: Path) -> dict:
     for kind in SAVE_KINDS:
         listed = recorded(job, record, kind)  # a file of that name predict did not write is not the prediction
         row["mask" if kind == "colour" else kind] = job.output(kind).relative_to(out).as_posix() if listed else ""
-    row.update(object_px=obj, damage_px=damage, damage_pct=pct(damage))
+    resolution = (dpi, dpi) if dpi else record.get("dpi")
+    unit = mm2_per_pixel(resolution)
+
+    def mm2(n: int) -> float | str:
+        return n * unit if unit is not None else ""
+
+    row.update(
+        dpi=dpi_text(resolution), object_px=obj, damage_px=damage, damage_pct=pct(damage), damage_mm2=mm2(damage)
+    )
     for i, name in enumerate(scheme.names):
         row[f"{name}_px"] = int(pixels.get(name, 0))
         if i != bg:
             row[f"{name}_pct"] = pct(int(pixels.get(name, 0)))
+        row[f"{name}_mm2"] = mm2(int(pixels.get(name, 0)))
     return row
 
 
@@ -202,8 +215,9 @@ def batch_tables(out: Path, k: int, n: int) -> tuple[Path, Path]:
 
 
 def write_tables(
-    out: Path, jobs: list[Job], failures: list[tuple[str, str]], scheme: LabelScheme, k: int, n: int
-) -> Path:
+    out: Path, jobs: list[Job], failures: list[tuple[str, str]], scheme: LabelScheme, k: int, n: int,
+    dpi: float | None = None,
+) -> Path:  # fmt: skip
     """This shard's failures table and areas table (a row per finished job that did not fail now) -> areas path.
 
     The areas rows come from the per-image areas files, so a resumed batch still lists the images it skipped.
@@ -211,7 +225,7 @@ def write_tables(
     areas_path, failures_path = batch_tables(out, k, n)
     failed = {path for path, _ in failures}
     write_csv(failures_path, [{"path": p, "error": e} for p, e in failures], ["path", "error"])
-    rows = [area_row(j, scheme, out) for j in jobs if str(j.source) not in failed and is_final(read_record(j))]
+    rows = [area_row(j, scheme, out, dpi) for j in jobs if str(j.source) not in failed and is_final(read_record(j))]
     write_csv(areas_path, rows, area_fields(scheme))
     return areas_path
 

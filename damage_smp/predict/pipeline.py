@@ -90,6 +90,7 @@ def predict(
     backend: str = "torch",
     decision: str = "auto",
     min_area: str | int | dict | None = None,
+    dpi: float | None = None,
     console: Console | None = None,
 ) -> PredictResult:
     """Predict every input image with a run's model and write masks, overlays and areas under ``out``.
@@ -101,9 +102,10 @@ def predict(
     ``backend``: ``torch``, or ``onnxruntime`` (CPU; the same tiles through an ONNX Runtime session).
     ``decision``: ``tuned`` (the run's thresholds.json), ``argmax``, or ``auto`` (tuned when the run has one).
     ``min_area``: remove damage components below this many pixels (an int, or {class name: px}; ``cleanup``).
+    ``dpi``: the scans' resolution for areas.csv's mm² (default: each file's own, when it has one).
     """
     console, start, kinds = console or Console(), time.perf_counter(), parse_save(save)
-    check_options(tile, overlap, batch_size, workers, max_pixels)
+    check_options(tile, overlap, batch_size, workers, max_pixels, dpi)
     k, n = effective_shard(shard)
     out = Path(out)
     mine = plan_outputs(collect_inputs(inputs, exclude=out), out)[k - 1 :: n]
@@ -126,7 +128,8 @@ def predict(
     pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options, sizes)
     n_done, failures = pipeline.run(todo, console, show_progress=int(os.environ.get("RANK", "0")) == 0)
 
-    result = PredictResult(n_done, n_skipped, failures, out, write_tables(out, mine, failures, bundle.scheme, k, n))
+    areas = write_tables(out, mine, failures, bundle.scheme, k, n, dpi)
+    result = PredictResult(n_done, n_skipped, failures, out, areas)
     every_shard = n > 1 and all(batch_tables(out, i, n)[0].is_file() for i in range(1, n + 1))
     result.merged = every_shard and _merge(out, console)
     result.seconds = time.perf_counter() - start

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..images import read_mask
+from ..images import mm2_per_pixel, parse_dpi_text, read_mask
 from ..labels import LabelScheme, load_scheme
 from ..runs import read_json_lenient
 from .page import MARKER
@@ -37,6 +37,7 @@ class Scan:
     object_px: int
     damage_pct: float  # % of the object (every pixel but background) in any damage class
     pixels: dict[str, int] = field(default_factory=dict)
+    mm2_per_px: float | None = None  # from the scan's resolution (areas.csv dpi), None when unknown
 
 
 @dataclass
@@ -100,7 +101,9 @@ def scans_from_table(folder: Path, scheme: LabelScheme) -> list[Scan]:
     for row in df.to_dict("records"):
         files = {k: _file(folder, row.get(k, "")) for k in ("index", "mask", "overlay")}
         pixels = {n: _int(row[f"{n}_px"]) for n in scheme.names}
-        scans.append(make_scan(folder, row["image"], files, _int(row["width"]), _int(row["height"]), pixels, scheme))
+        scan = make_scan(folder, row["image"], files, _int(row["width"]), _int(row["height"]), pixels, scheme)
+        scan.mm2_per_px = mm2_per_pixel(parse_dpi_text(row.get("dpi", "")))
+        scans.append(scan)
     return scans
 
 
@@ -127,6 +130,7 @@ def scans_from_sidecars(folder: Path, scheme: LabelScheme) -> list[Scan]:
                 name=base.relative_to(folder).as_posix(),
             )
         )
+        scans[-1].mm2_per_px = mm2_per_pixel(record.get("dpi"))
     return scans
 
 

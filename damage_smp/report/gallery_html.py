@@ -37,9 +37,10 @@ def area_table(scan: Scan, scheme: LabelScheme) -> str:
     for px, i in sorted((p for p in present if p[0] > 0), reverse=True):
         c = scheme.classes[i]
         pct = 100.0 * px / scan.object_px if scan.object_px else math.nan
+        size = f"{px:,} px" if scan.mm2_per_px is None else f"{fmt_area(px * scan.mm2_per_px)} ({px:,} px)"
         rows.append(
             f'<tr><th scope="row">{swatch(hex_color(c.color))}{esc(c.name)}</th>'
-            f'<td class="num">{fmt_pct(pct)} %</td><td class="num">{px:,} px</td></tr>'
+            f'<td class="num">{fmt_pct(pct)} %</td><td class="num">{size}</td></tr>'
         )
     if not rows:
         return '<p class="empty">no damage found</p>'
@@ -49,8 +50,14 @@ def area_table(scan: Scan, scheme: LabelScheme) -> str:
     )
     return (
         '<table class="areas"><thead><tr><th scope="col">class</th><th scope="col" class="num">% of object'
-        f'</th><th scope="col" class="num">pixels</th></tr></thead><tbody>{"".join(rows)}</tbody>{foot}</table>'
+        f'</th><th scope="col" class="num">{"area" if scan.mm2_per_px else "pixels"}</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody>{foot}</table>"
     )
+
+
+def fmt_area(mm2: float) -> str:
+    """An area in mm² below 100 mm², else in cm² (condition reports' units)."""
+    return f"{mm2:.3g} mm²" if mm2 < 100 else f"{mm2 / 100:.3g} cm²"
 
 
 def fit_box(w: int, h: int, box: float = 4 / 3) -> str:
