@@ -100,9 +100,8 @@ def predict(
     ``torchrun`` each rank takes its share of that. Finished images are skipped unless ``overwrite``.
     An image that cannot be read or predicted is listed in ``failures``; the others are all processed.
     ``backend``: ``torch``, or ``onnxruntime`` (CPU; the same tiles through an ONNX Runtime session).
-    ``decision``: ``tuned`` (the run's thresholds.json), ``argmax``, or ``auto`` (tuned when the run has one).
-    ``min_area``: remove damage components below this many pixels (an int, or {class name: px}; ``cleanup``).
-    ``dpi``: the scans' resolution for areas.csv's mm² (default: each file's own, when it has one).
+    ``decision``: tuned (the run's thresholds.json), argmax, or auto (tuned when the run has one); ``min_area``:
+    remove smaller damage (px, or {class: px}; ``cleanup``); ``dpi``: for the mm² of areas.csv (default: the file's).
     """
     console, start, kinds = console or Console(), time.perf_counter(), parse_save(save)
     check_options(tile, overlap, batch_size, workers, max_pixels, dpi)
@@ -127,11 +126,16 @@ def predict(
                    decision=rule)  # fmt: skip
     pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options, sizes)
     n_done, failures = pipeline.run(todo, console, show_progress=int(os.environ.get("RANK", "0")) == 0)
+    result = PredictResult(
+        n_done, n_skipped, failures, out, write_tables(out, mine, failures, bundle.scheme, k, n, dpi)
+    )
+    return _merged_if_last(result, k, n, console, start)
 
-    areas = write_tables(out, mine, failures, bundle.scheme, k, n, dpi)
-    result = PredictResult(n_done, n_skipped, failures, out, areas)
-    every_shard = n > 1 and all(batch_tables(out, i, n)[0].is_file() for i in range(1, n + 1))
-    result.merged = every_shard and _merge(out, console)
+
+def _merged_if_last(result: PredictResult, k: int, n: int, console: Console, start: float) -> PredictResult:
+    """The last shard to finish (every shard's table is there) joins the tables, as --merge-areas would."""
+    every_shard = n > 1 and all(batch_tables(result.out, i, n)[0].is_file() for i in range(1, n + 1))
+    result.merged = every_shard and _merge(result.out, console)
     result.seconds = time.perf_counter() - start
     return result
 
