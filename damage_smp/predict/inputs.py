@@ -17,15 +17,20 @@ from ..manifest import load_manifest
 from ..rundir import MARKERS
 from ..tiling import plan_tiles
 
-SAVE_KINDS = ("colour", "index", "overlay")
+SAVE_KINDS = ("colour", "index", "overlay")  # the default --save
+ALL_KINDS = (*SAVE_KINDS, "prob", "uncertainty")
 SAVE_ALIASES = {
     "color": "colour",
     "mask": "colour",
     "colour": "colour",
     "index": "index",
     "overlay": "overlay",
+    "prob": "prob",
+    "probability": "prob",
+    "uncertainty": "uncertainty",
 }
-SUFFIXES = {"colour": "_mask.png", "index": "_index.png", "overlay": "_overlay.jpg", "areas": "_areas.json"}
+SUFFIXES = {"colour": "_mask.png", "index": "_index.png", "overlay": "_overlay.jpg", "prob": "_prob.png",
+            "uncertainty": "_uncertainty.png", "areas": "_areas.json"}  # fmt: skip
 GLOB_CHARS = re.compile(r"[*?\[]")
 INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")  # read_image decodes a GIF's first frame
 PREDICT_MARKER = MARKERS["predict"]
@@ -180,11 +185,11 @@ def parse_save(save: Iterable[str] | str) -> tuple[str, ...]:
     kinds = []
     for item in (s.strip().lower() for s in items):
         if item not in SAVE_ALIASES:
-            raise ValueError(f"--save {item!r}: not an output; choose from {','.join(SAVE_KINDS)}")
+            raise ValueError(f"--save {item!r}: not an output; choose from {','.join(ALL_KINDS)}")
         if SAVE_ALIASES[item] not in kinds:
             kinds.append(SAVE_ALIASES[item])
     if not kinds:
-        raise ValueError(f"--save is empty; choose one or more of {','.join(SAVE_KINDS)}")
+        raise ValueError(f"--save is empty; choose one or more of {','.join(ALL_KINDS)}")
     return tuple(kinds)
 
 

@@ -20,7 +20,8 @@ from ..images import atomic_write_bytes, dpi_text, encode_image, image_dpi, mm2_
 from ..labels import LabelScheme
 from ..plots import legend_image
 from ..runs import write_csv, write_json
-from .inputs import SAVE_KINDS, Job
+from .confidence import CONFIDENCE_KINDS, mean_level
+from .inputs import ALL_KINDS, SAVE_KINDS, Job
 from .owned import (
     WRITTEN_BY,
     foreign_batch_files,
@@ -53,21 +54,26 @@ class PredictResult:
 
 
 def write_outputs(
-    job: Job, image: np.ndarray, index: np.ndarray, scheme: LabelScheme, kinds: Sequence[str], overwrite: bool
-) -> None:
+    job: Job, image: np.ndarray, index: np.ndarray, scheme: LabelScheme, kinds: Sequence[str], overwrite: bool,
+    maps: dict[str, np.ndarray] | None = None,
+) -> None:  # fmt: skip
     """Write the requested outputs that are not finished (all with ``overwrite``), then the record.
 
     Every image written carries predict's mark, so a kill before the record leaves files known as ours.
     ``image`` is consumed: the overlay is blended into it in place, so a 100 MP scan needs no second copy.
+    ``maps``: the (H, W) uint8 confidence maps (``confidence``) for ``prob`` and ``uncertainty``.
     """
+    maps = maps or {}
     old = read_record(job)
     want = [k for k in kinds if overwrite or not recorded(job, old, k)]
     # outputs of ours that stay (other --save kinds of an earlier batch too) are listed again, at their size now
-    kept = [k for k in SAVE_KINDS if k not in want and job.output(k).is_file() and is_ours(job, old, k)]
+    kept = [k for k in ALL_KINDS if k not in want and job.output(k).is_file() and is_ours(job, old, k)]
     if "index" in want:
         _write_marked(job.output("index"), encode_image(scheme.to_values(index), ".png"))  # uint8, or uint16
     if "colour" in want:
         _write_bgr(job.output("colour"), colour_table_bgr(scheme)[index])  # (H, W, 3) by lookup, no floats
+    for kind in (k for k in CONFIDENCE_KINDS if k in want):
+        _write_marked(job.output(kind), encode_image(maps[kind], ".png"))  # 8-bit grey
     if "overlay" in want:
         bgr = tint_in_place(image, index, scheme)
         draw_legend(bgr, scheme, [c for c in present_classes(index, scheme) if c in scheme.damage_indices])
@@ -82,6 +88,7 @@ def write_outputs(
             "height": int(index.shape[0]),
             "pixels": {name: int(c) for name, c in zip(scheme.names, counts, strict=True)},
             "dpi": image_dpi(job.source),  # [x, y] from the file's header, or null
+            **({"uncertainty_mean": mean_level(maps["uncertainty"])} if "uncertainty" in maps else {}),
             "outputs": {k: output_entry(job, k) for k in (*kept, *want)},
         },
     )
@@ -160,7 +167,7 @@ def _write_marked(path: Path, data: bytes) -> None:
 # ============================================================================================ areas
 def area_fields(scheme: LabelScheme) -> list[str]:
     fields = ["image", "mask", "index", "overlay", "width", "height", "dpi", "object_px", "damage_px", "damage_pct",
-              "damage_mm2"]  # fmt: skip
+              "damage_mm2", "uncertainty_mean"]  # fmt: skip
     for i, name in enumerate(scheme.names):
         fields.append(f"{name}_px")
         if i != scheme.background_index:
@@ -196,9 +203,8 @@ def area_row(job: Job, scheme: LabelScheme, out: Path, dpi: float | None = None)
     def mm2(n: int) -> float | str:
         return n * unit if unit is not None else ""
 
-    row.update(
-        dpi=dpi_text(resolution), object_px=obj, damage_px=damage, damage_pct=pct(damage), damage_mm2=mm2(damage)
-    )
+    row.update(dpi=dpi_text(resolution), object_px=obj, damage_px=damage, damage_pct=pct(damage),
+               damage_mm2=mm2(damage), uncertainty_mean=record.get("uncertainty_mean", ""))  # fmt: skip
     for i, name in enumerate(scheme.names):
         row[f"{name}_px"] = int(pixels.get(name, 0))
         if i != bg:

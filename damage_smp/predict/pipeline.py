@@ -28,6 +28,7 @@ from ..system import resolve_amp, resolve_device
 from ..thresholds import Decision, resolve_decision
 from ..tiling import predict_index
 from .backend import check_backend, tile_model
+from .confidence import block_filler, confidence_maps
 from .inputs import (
     SAVE_KINDS,
     Job,
@@ -57,17 +58,20 @@ def predict_image(
     progress=None,
     model=None,
     decision: Decision | None = None,
+    on_block=None,
 ) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) uint8 class indices of ``bundle.scheme``; memory bounded by tile x W.
 
     On CUDA it runs under the autocast the run trained with (bf16/fp16; argmax barely notices), on CPU in fp32.
     ``model``: what runs the tiles instead of ``bundle.model`` (e.g. an ONNX Runtime session, ``backend``).
-    ``decision``: the rule from probabilities to classes (``thresholds.Decision``; default the argmax).
+    ``decision``: the rule from probabilities to classes (``thresholds.Decision``; default the argmax);
+    ``on_block``: sees every block of final probabilities (``tiling.predict_index``).
     """
     device = next(bundle.model.parameters()).device
     return predict_index(
         model or bundle.model, image, bundle.scheme.num_classes, tile=tile, overlap=overlap, batch_size=batch_size,
         device=device, amp_dtype=resolve_amp(bundle.cfg.amp, device), tta=tta, progress=progress, decide=decision,
+        on_block=on_block,
     )  # fmt: skip
 
 
@@ -251,8 +255,12 @@ class Pipeline:
         batch.failures.sort()
         return batch.done, batch.failures
 
-    def predict_one(self, image: np.ndarray, progress: Progress) -> np.ndarray:
+    def predict_one(self, image: np.ndarray, progress: Progress) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """-> (the (H, W) uint8 class map, cleaned up; the confidence maps --save asks for)."""
         tiles = None
+        scheme = self.bundle.scheme
+        maps = confidence_maps(self.kinds, image.shape[:2])
+        fill = block_filler(maps, scheme.damage_indices, scheme.num_classes) if maps else None
 
         def on_tiles(n_done: int, total: int) -> None:
             nonlocal tiles
@@ -262,10 +270,10 @@ class Pipeline:
                 progress.update(tiles, completed=n_done)
 
         try:
-            index = predict_image(self.bundle, image, progress=on_tiles, **self.options)
+            index = predict_image(self.bundle, image, progress=on_tiles, on_block=fill, **self.options)
             if self.min_area:
-                remove_small(index, self.min_area, fill_class(self.bundle.scheme))
-            return index
+                remove_small(index, self.min_area, fill_class(scheme))
+            return index, maps
         finally:
             if tiles is not None:
                 progress.remove_task(tiles)
@@ -307,14 +315,14 @@ class _Batch:
         self.progress.update(self.images, description=escape(_shorten(job.source.name)))
         try:
             image = fut.result()  # (H, W, 3) uint8 RGB
-            index = p.predict_one(image, self.progress)  # (H, W) uint8 class indices
+            index, maps = p.predict_one(image, self.progress)  # (H, W) uint8 class indices, confidence maps
         except Exception as e:  # unreadable, empty, not an image, out of memory: report, go on
             self.failures.append((str(job.source), _describe(e)))
             self.progress.advance(self.images)
             return
         while self.writes and not _room(self.writes, image.shape[0] * image.shape[1], p.workers):
             self.finish_write()
-        args = (job, image, index, p.bundle.scheme, p.kinds, p.overwrite)
+        args = (job, image, index, p.bundle.scheme, p.kinds, p.overwrite, maps)
         # the writer owns image and index from here (it tints the image in place); returning drops ours
         self.writes.append((job, index.size, self.writers.submit(write_outputs, *args)))
 

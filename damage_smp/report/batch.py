@@ -38,6 +38,7 @@ class Scan:
     damage_pct: float  # % of the object (every pixel but background) in any damage class
     pixels: dict[str, int] = field(default_factory=dict)
     mm2_per_px: float | None = None  # from the scan's resolution (areas.csv dpi), None when unknown
+    uncertainty: float | None = None  # mean uncertainty 0..1 (predict --save uncertainty), None when not saved
 
 
 @dataclass
@@ -103,6 +104,7 @@ def scans_from_table(folder: Path, scheme: LabelScheme) -> list[Scan]:
         pixels = {n: _int(row[f"{n}_px"]) for n in scheme.names}
         scan = make_scan(folder, row["image"], files, _int(row["width"]), _int(row["height"]), pixels, scheme)
         scan.mm2_per_px = mm2_per_pixel(parse_dpi_text(row.get("dpi", "")))
+        scan.uncertainty = _float_or_none(row.get("uncertainty_mean", ""))
         scans.append(scan)
     return scans
 
@@ -131,7 +133,26 @@ def scans_from_sidecars(folder: Path, scheme: LabelScheme) -> list[Scan]:
             )
         )
         scans[-1].mm2_per_px = mm2_per_pixel(record.get("dpi"))
+        scans[-1].uncertainty = _float_or_none(record.get("uncertainty_mean"))
     return scans
+
+
+def _float_or_none(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def gallery_order(scans: list[Scan]) -> tuple[list[Scan], str]:
+    """Most uncertain first when the batch saved uncertainty (look where the model hesitates), else most
+    damaged first; ties by name. -> (scans, what they are sorted by)."""
+    if any(s.uncertainty is not None for s in scans):
+        key = lambda s: (-(s.uncertainty if s.uncertainty is not None else -1), s.name)  # noqa: E731
+        return sorted(scans, key=key), "mean uncertainty"
+    key = lambda s: (-(s.damage_pct if not math.isnan(s.damage_pct) else -1), s.name)  # noqa: E731
+    return sorted(scans, key=key), "damage"
 
 
 def make_scan(

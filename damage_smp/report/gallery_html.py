@@ -164,7 +164,7 @@ def gallery_body(
     cap = ""
     if len(shown) < len(batch.scans):
         cap = (
-            f'<p class="note" id="cap">Showing the {len(shown)} most damaged of {len(batch.scans)} scans '
+            f'<p class="note" id="cap">Showing the {len(shown)} {_first(shown)} of {len(batch.scans)} scans '
             f"(--max-images {max_images}); the summary above covers all {len(batch.scans)}.</p>"
         )
     cards = "".join(
@@ -176,7 +176,7 @@ def gallery_body(
 <section class="panel" id="summary" aria-labelledby="h-summary"><h2 id="h-summary">Collection summary</h2>
 {notes_html(batch, notes)}{summary_html(batch)}</section>
 <section id="gallery" aria-labelledby="h-gallery"><h2 id="h-gallery">Scans</h2>{cap}
-{toolbar_html(scheme, present, classes, len(shown))}
+{toolbar_html(scheme, present, classes, len(shown), any(s.uncertainty is not None for s in shown))}
 <noscript><p class="note">JavaScript is off: the damage overlays, sorting and filters need it.</p></noscript>
 <div class="grid" id="grid">{cards}</div>
 <p class="hint">Click a scan (or focus it and press Enter) to see it large; ← and → step through the shown scans.
@@ -211,7 +211,12 @@ def notes_html(batch: Batch, notes: list[str]) -> str:
     return note_html
 
 
-def toolbar_html(scheme: LabelScheme, present: list[int], classes: list[dict], n_shown: int) -> str:
+def _first(shown: list[Scan]) -> str:
+    return "most uncertain" if any(s.uncertainty is not None for s in shown) else "most damaged"
+
+
+def toolbar_html(scheme: LabelScheme, present: list[int], classes: list[dict], n_shown: int,
+                 uncertain: bool = False) -> str:  # fmt: skip
     """Sort, filter and opacity controls and one overlay chip per present class (and background, if any)."""
     bg = scheme.background_index
     toggles = present + ([bg] if bg is not None else [])
@@ -221,6 +226,8 @@ def toolbar_html(scheme: LabelScheme, present: list[int], classes: list[dict], n
         for i in toggles
     )
     sort_opts = ['<option value="damage">most damaged first</option>', '<option value="name">name</option>']
+    if uncertain:  # the server's order: look first where the model hesitates
+        sort_opts.insert(0, '<option value="uncertainty" selected>most uncertain first</option>')
     sort_opts += [f'<option value="class:{i}">{esc(scheme.names[i])} area, largest first</option>' for i in present]
     filter_opts = ['<option value="">all scans</option>', '<option value="any">any damage</option>']
     filter_opts += [f'<option value="{i}">{esc(scheme.names[i])}</option>' for i in present]
