@@ -14,18 +14,25 @@ from pathlib import Path
 
 import numpy as np
 
+from .colours import _hex, _is_int, _pack, _pack_array, _unpack, parse_color
+
 IGNORE_INDEX = 255  # class-index value for "no label"; a scheme therefore has at most 255 classes
 
 
 @dataclass(frozen=True)
 class ClassDef:
-    """One class: its name, its display colour and the index-mask values that mean it."""
+    """One class: its name, its colour in colour masks, the index-mask values that mean it, its display colour."""
 
     name: str
     color: tuple[int, int, int]
     values: tuple[int, ...]
     damage: bool = True  # counted in the damage-only mIoU and in damage-vs-clean
     aliases: tuple[tuple[int, int, int], ...] = ()  # further colours read as this class in colour masks
+    display: tuple[int, int, int] | None = None  # shown in overlays, legends and reports (None: ``color``)
+
+    @property
+    def shown(self) -> tuple[int, int, int]:
+        return self.display if self.display is not None else self.color
 
 
 @dataclass(frozen=True)
@@ -91,8 +98,13 @@ class LabelScheme:
 
     @property
     def colors(self) -> np.ndarray:
-        """(C, 3) uint8 display colours."""
+        """(C, 3) uint8 mask colours (what a colour mask file holds)."""
         return np.array([c.color for c in self.classes], dtype=np.uint8)
+
+    @property
+    def display_colors(self) -> np.ndarray:
+        """(C, 3) uint8 colours for people: overlays, legends, reports (a class's ``display``, else its colour)."""
+        return np.array([c.shown for c in self.classes], dtype=np.uint8)
 
     @property
     def damage_indices(self) -> list[int]:
@@ -177,7 +189,7 @@ class LabelScheme:
         raise ValueError(f"a mask must be (H, W) or (H, W, 3), got shape {mask.shape}")
 
     def colorize(self, index: np.ndarray, ignore_color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
-        """(H, W) class indices -> (H, W, 3) uint8 RGB display colours."""
+        """(H, W) class indices -> (H, W, 3) uint8 RGB mask colours (a colour mask file; see display_colors)."""
         table = np.zeros((256, 3), np.uint8)
         table[: self.num_classes] = self.colors
         table[IGNORE_INDEX] = ignore_color
@@ -216,6 +228,7 @@ class LabelScheme:
             "classes": [
                 {"name": c.name, "color": _hex(c.color), "values": list(c.values), "damage": c.damage}
                 | ({"aliases": [_hex(a) for a in c.aliases]} if c.aliases else {})
+                | ({"display": _hex(c.display)} if c.display is not None else {})
                 for c in self.classes
             ],
             "ignore_values": list(self.ignore_values),
@@ -246,7 +259,7 @@ class LabelScheme:
 
 
 _SCHEME_KEYS = ("name", "classes", "ignore_values", "ignore_colors", "ignore_value", "clean", "background")
-_CLASS_KEYS = ("name", "color", "values", "value", "damage", "aliases")
+_CLASS_KEYS = ("name", "color", "values", "value", "damage", "aliases", "display")
 _VALUES, _COLOR = "a list of integers 0-65535", "a colour '#RRGGBB' or [r, g, b] (0-255 each)"
 _MISSING = object()  # a key absent from the file, unlike one set to null
 
@@ -263,7 +276,8 @@ def _class_from_dict(c, i: int, source: str) -> ClassDef:
     if not isinstance(damage, bool):
         raise _wrong(where, "damage", damage, "true or false")
     color, values = _color(where, "color", c.get("color", _MISSING)), _mask_values(where, key, c.get(key, i))
-    return ClassDef(name, color, values, damage, _colors(where, "aliases", c.get("aliases", [])))
+    display = _color(where, "display", c["display"]) if c.get("display") is not None else None
+    return ClassDef(name, color, values, damage, _colors(where, "aliases", c.get("aliases", [])), display)
 
 
 def _wrong(where: str, field: str, value, expected: str) -> ValueError:
@@ -289,10 +303,6 @@ def _text(where: str, field: str, value, optional: bool = False) -> str | None:
     if not isinstance(value, str) or not value.strip():
         raise _wrong(where, field, value, "a class name or null" if optional else "a non-empty text")
     return value
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # JSON true would pass as 1
 
 
 def _mask_values(where: str, field: str, value) -> tuple[int, ...]:
@@ -331,40 +341,6 @@ class UnknownMaskValues(ValueError):
 
 
 _UNKNOWN = 256
-
-
-def _pack(color) -> int:
-    r, g, b = (int(x) for x in color)
-    return (r << 16) | (g << 8) | b
-
-
-def _unpack(key: int) -> tuple[int, int, int]:
-    key = int(key)
-    return (key >> 16) & 255, (key >> 8) & 255, key & 255
-
-
-def _pack_array(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.int64)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-def _hex(color) -> str:
-    return "#{:02X}{:02X}{:02X}".format(*(int(x) for x in color))
-
-
-def parse_color(value, source: str = "label scheme") -> tuple[int, int, int]:
-    """'#1CE6FF', '1CE6FF' or [28, 230, 255] -> (28, 230, 255)."""
-    if isinstance(value, str):
-        s = value.strip().lstrip("#")
-        if len(s) == 6:
-            try:
-                return int(s[0:2], 16), int(s[2:4], 16), int(s[4:6], 16)
-            except ValueError:
-                pass
-    elif isinstance(value, list | tuple) and len(value) == 3 and all(_is_int(x) for x in value):
-        if all(0 <= x <= 255 for x in value):
-            return int(value[0]), int(value[1]), int(value[2])
-    raise ValueError(f"{source}: colour {value!r} is not '#RRGGBB' or [r, g, b]")
 
 
 # --------------------------------------------------------------------------------------------- built-ins
@@ -408,7 +384,8 @@ def _artefact_binary() -> LabelScheme:
 
 def _binary() -> LabelScheme:
     background = ClassDef("Background", (0, 0, 0), (0,), damage=False)
-    damage = ClassDef("Damage", (255, 255, 255), (255, 1), damage=True)
+    # white in the mask file (255), but shown in magenta: white on a light scan is invisible
+    damage = ClassDef("Damage", (255, 255, 255), (255, 1), damage=True, display=(255, 0, 255))
     return LabelScheme("binary", (background, damage), clean="Background")
 
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from ..console import escape
 from ..images import atomic_write_bytes, dpi_text, encode_image, image_dpi, mm2_per_pixel
 from ..labels import LabelScheme
-from ..plots import legend_image
+from ..plots import legend_image, tint_in_place
 from ..runs import write_csv, write_json
 from .confidence import CONFIDENCE_KINDS, mean_level
 from .inputs import ALL_KINDS, SAVE_KINDS, Job
@@ -34,9 +34,7 @@ from .owned import (
     refuse_foreign,
 )
 
-OVERLAY_ALPHA = 0.55  # the same tint as plots.overlay, so samples and predictions look alike
 OVERLAY_QUALITY = 90
-STRIP_ROWS = 256  # overlays are blended this many rows at a time: temporaries stay ~W x 256 x 3 bytes
 SHARD_TABLE = re.compile(r"^areas\.shard-(\d+)-of-(\d+)\.csv$")
 
 
@@ -95,30 +93,10 @@ def write_outputs(
 
 
 def colour_table_bgr(scheme: LabelScheme) -> np.ndarray:
-    """(256, 3) uint8 class index -> BGR colour (OpenCV's order, so no full-size RGB->BGR copy)."""
+    """(256, 3) uint8 class index -> BGR mask colour (OpenCV's order, so no full-size RGB->BGR copy)."""
     table = np.zeros((256, 3), np.uint8)
     table[: scheme.num_classes] = scheme.colors[:, ::-1]
     return table
-
-
-def tint_in_place(image: np.ndarray, index: np.ndarray, scheme: LabelScheme, alpha: float = OVERLAY_ALPHA):
-    """RGB image -> BGR overlay in the same buffer: damage pixels blended with their class colour.
-
-    Works in strips of STRIP_ROWS rows on uint8 (cv2.addWeighted rounds like plots.overlay's float maths
-    within 1 grey level), so no full-size float32 copy is ever made.
-    """
-    colours = colour_table_bgr(scheme)
-    is_damage = np.zeros(256, bool)
-    is_damage[scheme.damage_indices] = True
-    for y0 in range(0, image.shape[0], STRIP_ROWS):
-        strip = image[y0 : y0 + STRIP_ROWS]  # (s, W, 3) view
-        cv2.cvtColor(strip, cv2.COLOR_RGB2BGR, dst=strip)
-        idx = index[y0 : y0 + STRIP_ROWS]
-        show = is_damage[idx]  # (s, W) bool
-        if show.any():
-            blended = cv2.addWeighted(strip, 1 - alpha, colours[idx], alpha, 0.0)
-            np.copyto(strip, blended, where=show[..., None])
-    return image
 
 
 def draw_legend(bgr: np.ndarray, scheme: LabelScheme, classes: list[int]) -> None:

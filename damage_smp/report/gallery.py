@@ -167,7 +167,7 @@ def class_list(scheme: LabelScheme) -> list[dict]:
     return [
         {
             "name": c.name,
-            "color": "#{:02X}{:02X}{:02X}".format(*c.color),
+            "color": "#{:02X}{:02X}{:02X}".format(*c.shown),
             "damage": i in scheme.damage_indices,
             "draw": i in scheme.damage_indices,
         }

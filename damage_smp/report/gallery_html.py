@@ -39,7 +39,7 @@ def area_table(scan: Scan, scheme: LabelScheme) -> str:
         pct = 100.0 * px / scan.object_px if scan.object_px else math.nan
         size = f"{px:,} px" if scan.mm2_per_px is None else f"{fmt_area(px * scan.mm2_per_px)} ({px:,} px)"
         rows.append(
-            f'<tr><th scope="row">{swatch(hex_color(c.color))}{esc(c.name)}</th>'
+            f'<tr><th scope="row">{swatch(hex_color(c.shown))}{esc(c.name)}</th>'
             f'<td class="num">{fmt_pct(pct)} %</td><td class="num">{size}</td></tr>'
         )
     if not rows:
@@ -114,7 +114,7 @@ def summary_html(batch: Batch) -> str:
         if n == 0:
             continue
         c = scheme.classes[i]
-        color = hex_color(c.color)
+        color = hex_color(c.shown)
         body.append(
             f'<tr><th scope="row">{swatch(color)}{esc(c.name)}</th><td class="barcell"><span class="bar">'
             f'<i style="--w:{max(0.3, 100 * pct / top):.2f}%;--c:{color}"></i>{fmt_pct(pct)} %</span></td>'
