@@ -276,6 +276,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
+def atomic_open(path: str | Path):
+    """A context manager: a binary file (temp file in the same folder) that replaces ``path`` when the block
+    ends without an error, as atomic_write_bytes does; for writers that stream (tifffile)."""
+    return _atomic_file(Path(path))
+
+
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
     """Copy src to dst as atomic_write_bytes writes (temp file, fsync, rename), streaming: big files are fine."""
     with open(src, "rb") as source, _atomic_file(Path(dst)) as f:

@@ -40,7 +40,7 @@ def test_unknown_save_is_one_line_listing_the_outputs(tmp_path):
     res = CliRunner().invoke(app, ["predict", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o"),
                                    "--save", "colour,probs"])  # fmt: skip
     assert res.exit_code == 1 and res.output.count("\n") == 1
-    assert "--save 'probs': not an output; choose from colour,index,overlay,prob,uncertainty" in res.output
+    assert "--save 'probs': not an output; choose from colour,index,overlay,prob,uncertainty,layers" in res.output
 
 
 def test_gallery_puts_the_most_uncertain_first_when_the_batch_saved_uncertainty():

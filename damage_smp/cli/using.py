@@ -31,7 +31,7 @@ def predict(
     decision: DecisionOpt = None,
     min_area: MinAreaOpt = None,
     dpi: DpiOpt = None,
-    save: Annotated[str, typer.Option(help="Outputs: colour,index,overlay,prob,uncertainty.")] = "colour,index,overlay",
+    save: Annotated[str, typer.Option(help="colour,index,overlay,prob,uncertainty,layers")] = "colour,index,overlay",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs exist.")] = False,
     shard: Annotated[
         str | None, typer.Option(help="K/N: predict every N-th input from the K-th (K counts from 1).")

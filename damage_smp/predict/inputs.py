@@ -18,7 +18,7 @@ from ..rundir import MARKERS
 from ..tiling import plan_tiles
 
 SAVE_KINDS = ("colour", "index", "overlay")  # the default --save
-ALL_KINDS = (*SAVE_KINDS, "prob", "uncertainty")
+ALL_KINDS = (*SAVE_KINDS, "prob", "uncertainty", "layers")
 SAVE_ALIASES = {
     "color": "colour",
     "mask": "colour",
@@ -28,9 +28,10 @@ SAVE_ALIASES = {
     "prob": "prob",
     "probability": "prob",
     "uncertainty": "uncertainty",
+    "layers": "layers",
 }
 SUFFIXES = {"colour": "_mask.png", "index": "_index.png", "overlay": "_overlay.jpg", "prob": "_prob.png",
-            "uncertainty": "_uncertainty.png", "areas": "_areas.json"}  # fmt: skip
+            "uncertainty": "_uncertainty.png", "layers": "_layers.tif", "areas": "_areas.json"}  # fmt: skip
 GLOB_CHARS = re.compile(r"[*?\[]")
 INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")  # read_image decodes a GIF's first frame
 PREDICT_MARKER = MARKERS["predict"]

@@ -22,6 +22,7 @@ from ..plots import legend_image, tint_in_place
 from ..runs import write_csv, write_json
 from .confidence import CONFIDENCE_KINDS, mean_level
 from .inputs import ALL_KINDS, SAVE_KINDS, Job
+from .layers import write_layers
 from .owned import (
     WRITTEN_BY,
     foreign_batch_files,
@@ -72,6 +73,9 @@ def write_outputs(
         _write_bgr(job.output("colour"), colour_table_bgr(scheme)[index])  # (H, W, 3) by lookup, no floats
     for kind in (k for k in CONFIDENCE_KINDS if k in want):
         _write_marked(job.output(kind), encode_image(maps[kind], ".png"))  # 8-bit grey
+    if "layers" in want:  # before the overlay, which tints the scan in place
+        damage = [c for c in present_classes(index, scheme) if c in scheme.damage_indices]
+        write_layers(job.output("layers"), image, index, scheme, damage)
     if "overlay" in want:
         bgr = tint_in_place(image, index, scheme)
         draw_legend(bgr, scheme, [c for c in present_classes(index, scheme) if c in scheme.damage_indices])
