@@ -37,8 +37,35 @@ def quantise(p: torch.Tensor) -> torch.Tensor:
 
 
 def damage_probability(probs: torch.Tensor, damage: list[int]) -> torch.Tensor:
-    """(C, h, w) probabilities -> (h, w) float32 summed probability of the damage classes."""
-    return probs[damage].sum(0) if len(damage) > 1 else probs[damage[0]]
+    """(C, h, w) probabilities -> (h, w) float32 summed probability of the damage classes.
+
+    With fewer other classes than damage ones (ARTeFACT: 15 damage, Clean and Background) it is 1 minus the
+    others, which sums less; the rule and the histogram both call this, so they always agree.
+    """
+    other = [i for i in range(probs.shape[0]) if i not in damage]
+    if len(damage) == 1:
+        return probs[damage[0]]
+    if len(other) < len(damage):
+        return 1 - _classes(probs, other).sum(0) if len(other) > 1 else 1 - probs[other[0]]
+    return _classes(probs, damage).sum(0)
+
+
+def _classes(probs: torch.Tensor, idx) -> torch.Tensor:
+    """probs[idx]: a view when the indices are a contiguous run (no copy of the band), else a gather."""
+    idx = list(idx)
+    if idx == list(range(idx[0], idx[-1] + 1)):
+        return probs[idx[0] : idx[-1] + 1]
+    return probs[torch.tensor(idx, device=probs.device)]
+
+
+def _best(probs: torch.Tensor, idx: tuple[int, ...]) -> torch.Tensor:
+    """(h, w) int64 class index of the most likely class among ``idx`` (the first on a tie)."""
+    if len(idx) == 1:
+        return torch.full(probs.shape[1:], idx[0], dtype=torch.int64, device=probs.device)
+    pos = _classes(probs, idx).max(0).indices
+    return (
+        pos + idx[0] if list(idx) == list(range(idx[0], idx[-1] + 1)) else torch.tensor(idx, device=probs.device)[pos]
+    )
 
 
 @dataclass(frozen=True)
@@ -64,13 +91,9 @@ class Decision:
     def __call__(self, probs: torch.Tensor) -> torch.Tensor:
         """(C, h, w) float probabilities -> (h, w) uint8 class indices (on the probabilities' device)."""
         if self.kind == "argmax":
-            return probs.argmax(0).to(torch.uint8)
-        dev = probs.device
-        d, o = torch.tensor(self.damage, device=dev), torch.tensor(self.other, device=dev)
+            return probs.max(0).indices.to(torch.uint8)  # = argmax(0), faster (tiling.class_argmax)
         is_damage = quantise(damage_probability(probs, list(self.damage))) >= self.level
-        best_damage = d[probs[d].argmax(0)] if len(d) > 1 else d[0].expand(probs.shape[1:])
-        best_other = o[probs[o].argmax(0)] if len(o) > 1 else o[0].expand(probs.shape[1:])
-        return torch.where(is_damage, best_damage, best_other).to(torch.uint8)
+        return torch.where(is_damage, _best(probs, self.damage), _best(probs, self.other)).to(torch.uint8)
 
 
 def check_tunable(scheme: LabelScheme) -> None:

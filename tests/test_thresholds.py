@@ -17,7 +17,7 @@ from damage_smp.images import read_image, read_mask
 from damage_smp.labels import IGNORE_INDEX, load_scheme
 from damage_smp.models import load_bundle
 from damage_smp.predict import predict
-from damage_smp.thresholds import BINS, DamageHistogram, Decision, quantise, resolve_decision
+from damage_smp.thresholds import BINS, DamageHistogram, Decision, damage_probability, quantise, resolve_decision
 from damage_smp.tiling import predict_probs
 
 SCHEME = load_scheme("artefact")
@@ -65,6 +65,20 @@ def test_histogram_optimum_is_the_brute_force_sweeps():
     assert best["clean_px"] == (valid == 0).sum()
 
 
+def test_the_rule_is_its_definition_and_argmax_is_torchs():
+    probs = torch.softmax(torch.randn(SCHEME.num_classes, 20, 30) * 3, 0)
+    assert torch.equal(Decision()(probs), probs.argmax(0).to(torch.uint8))
+    damage, other = SCHEME.damage_indices, [0, SCHEME.background_index]
+    p_damage = probs[damage].sum(0)
+    assert torch.allclose(damage_probability(probs, damage), p_damage, atol=1e-6)
+    rule = Decision.tuned(SCHEME, 300)(probs).long()
+    is_damage = quantise(damage_probability(probs, damage)) >= 300
+    naive = torch.where(
+        is_damage, torch.tensor(damage)[probs[damage].argmax(0)], torch.tensor(other)[probs[other].argmax(0)]
+    )
+    assert torch.equal(rule, naive) and is_damage.any() and (~is_damage).any()
+
+
 def test_binary_rule_at_half_is_the_argmax():
     scheme = load_scheme("binary")
     probs = torch.softmax(torch.randn(2, 16, 16), 0)
@@ -85,7 +99,7 @@ def test_train_writes_thresholds_and_tune_on_val_finds_the_sweeps_optimum(shared
                               batch_size=bundle.cfg.batch_size)  # fmt: skip
         pairs.append((probs, SCHEME.decode(read_mask(shared_run.parent / r.mask))))
     # F1 is constant for k in (l, l'] between two levels present, so 0 and each present level + 1 are every case
-    present = torch.cat([quantise(p[SCHEME.damage_indices].sum(0)).ravel() for p, _ in pairs]).unique()
+    present = torch.cat([quantise(damage_probability(p, SCHEME.damage_indices)).ravel() for p, _ in pairs]).unique()
     k, f = sweep(pairs, SCHEME, sorted({0, *(present + 1).clamp(max=BINS).tolist()}))
     again = json.loads((shared_run / "thresholds.json").read_text())
     assert again["level"] == k == data["level"] and again["f1"] == pytest.approx(f, abs=1e-12)
