@@ -21,7 +21,7 @@ from .checkpoints import CheckpointError, load_checkpoint
 from .config import ARCHS, TrainConfig, check_arch
 from .labels import LabelScheme
 from .runs import RunPaths, read_run_config, sha256_file
-from .system import resolve_device
+from .system import resolve_amp, resolve_device
 from .weights import (
     BUNDLED_ENCODERS,
     check_encoder_name,
@@ -268,6 +268,15 @@ class ModelBundle:
     info: dict
     checkpoint_path: Path
     epoch: int | None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast the run trained with, on CUDA (bf16/fp16; argmax barely notices); None on CPU."""
+        return resolve_amp(self.cfg.amp, self.device)
 
 
 def load_bundle(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> ModelBundle:
