@@ -55,17 +55,20 @@ def evaluate(
     batch_size: int | None = None,
     max_pixels: int | None = None,
     console: Console | None = None,
+    colour_tolerance: int | None = None,
 ) -> dict:
     """Evaluate a run's checkpoint on every whole image of a split; write and return its metrics entry.
 
     ``manifest``: another manifest to evaluate on (its masks are decoded with the run's label scheme);
     default: the manifest the run was trained on. ``tile``/``overlap``/``batch_size``/``max_pixels`` default
-    to the run's training settings. Returns the metrics.json entry plus ``split_key`` and ``files``.
+    to the run's training settings, ``colour_tolerance`` to the run's scheme's. Returns the metrics.json entry
+    plus ``split_key`` and ``files``.
     """
     console = console or Console()
     run_dir = Path(run_dir)
     paths = RunPaths(run_dir)
     cfg, scheme, _ = read_run_config(run_dir)  # missing dir / not a run / other config_version: one clear line
+    scheme = scheme.with_colour_tolerance(colour_tolerance)
     ckpt_path = checkpoint_path(paths, checkpoint)
     tile, overlap, batch_size, max_pixels = window_settings(cfg, tile, overlap, batch_size, max_pixels)
     manifest_path, foreign, rows, groups, split_key = load_split(paths, cfg.manifest, manifest, split, console)
@@ -94,6 +97,7 @@ def evaluate(
         "tta": bool(tta),
         "tile": tile,
         "overlap": overlap,
+        "colour_tolerance": scheme.colour_tolerance,
         "n_images": len(rows),
         "confusion_matrix": total.to_numpy().tolist(),
         "note": "absent classes are NaN and skipped",
