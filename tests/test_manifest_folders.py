@@ -59,7 +59,7 @@ def _built(root, tmp_path, **kw) -> pd.DataFrame:
         ("{split}", "{split}annot", "", "sibling"),
         ("{split}", "{split}_labels", "", "sibling"),
         ("images_{split}", "masks_{split}", "", "sibling"),
-        ("{split}", "{split}", "_mask", "together"),
+        ("{split}", "{split}", "_mask", "images and masks together"),
     ],
 )
 def test_from_folders_recognises_each_layout(tmp_path, image_dir, mask_dir, suffix, layout):

@@ -42,11 +42,11 @@ _SPLIT = "|".join(SPLIT_NAMES)  # longest first, so 'training' is not train + 'i
 _TAG = "|".join(sorted(IMAGE_TAGS + MASK_TAGS, key=len, reverse=True))
 _SPLIT_TAG = re.compile(rf"(?P<split>{_SPLIT})(?:[ _\-.]?(?P<tag>{_TAG}))?", re.IGNORECASE)
 _TAG_SPLIT = re.compile(rf"(?P<tag>{_TAG})[ _\-.]?(?P<split>{_SPLIT})", re.IGNORECASE)
-LAYOUTS = (
-    "ROOT/{train,val,test}/{images,masks}",
-    "ROOT/{images,masks}/{train,val,test}",
-    "sibling folders such as train_img + train_lab, train + trainannot, train + train_masks",
-    "ROOT/{train,val,test}/ with images and *_mask files together",
+LAYOUTS = (  # (name, as the error lists it)
+    ("ROOT/{train,val,test}/{images,masks}",) * 2,
+    ("ROOT/{images,masks}/{train,val,test}",) * 2,
+    ("sibling folders", "sibling folders such as train_img + train_lab, train + trainannot, train + train_masks"),
+    ("images and masks together", "ROOT/{train,val,test}/ with images and *_mask files together"),
 )
 
 Found = list[tuple[str, Path, Path]]  # (split, image folder, mask folder), in SPLITS order
@@ -113,13 +113,13 @@ def _together(root: Path) -> Found:
 
 def find_layout(root: Path) -> tuple[str, Found]:
     """(layout, [(split, image folder, mask folder)]) of the first layout that fits ROOT; ValueError if none."""
-    for layout, finder in zip(LAYOUTS, (_split_first, _role_first, _siblings, _together), strict=True):
+    for (layout, _), finder in zip(LAYOUTS, (_split_first, _role_first, _siblings, _together), strict=True):
         found = finder(root)
         if found:
             return layout, sorted(found, key=lambda f: SPLITS.index(f[0]))
     seen = ", ".join(p.name for p in _folders(root)[:8]) or "no subfolders"
     raise ValueError(
-        f"--from-folders {root}: no known layout (found {seen}); tried {'; '.join(LAYOUTS)}. "
+        f"--from-folders {root}: no known layout (found {seen}); tried {'; '.join(long for _, long in LAYOUTS)}. "
         "Rename the folders to one of these, or use --images DIR --masks DIR [--split NAME] per split"
     )
 
