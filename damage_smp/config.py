@@ -80,7 +80,7 @@ class TrainConfig:
     allow_leakage: bool = False
     """Train (with a warning) although the manifest lists an image twice or in two splits; refused otherwise."""
     colour_tolerance: int | None = None
-    """Snap mask colours within N (each channel) of one class's colour to it, e.g. JPEG masks (default: 0, exact)."""
+    """Snap mask colours within N (per channel) of one class's colour to it, e.g. JPEG (default: the scheme's, 0)."""
     # --- model
     arch: str = "unet"
     """smp architecture: unet, unetplusplus, fpn, deeplabv3plus, segformer, ..."""

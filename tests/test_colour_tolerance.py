@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_pair
 from typer.testing import CliRunner
 
-from conftest import make_pair
 from damage_smp.cli import app
 from damage_smp.config import TrainConfig
 from damage_smp.data import SegmentationDataset
@@ -55,8 +55,10 @@ def test_jpeg_round_trip_snaps_back_to_the_index_mask(tmp_path):
 
 def test_ambiguous_and_unknown_colours_get_no_label_and_a_wrong_scheme_still_fails():
     scheme = LabelScheme.from_dict(
-        {"classes": [{"name": "A", "color": "#000000", "aliases": ["#000008"]}, {"name": "B", "color": "#140000"}],
-         "colour_tolerance": 10}  # fmt: skip
+        {
+            "classes": [{"name": "A", "color": "#000000", "aliases": ["#000008"]}, {"name": "B", "color": "#140000"}],
+            "colour_tolerance": 10,
+        }  # fmt: skip
     )
     colours = [[0, 0, 0], [3, 0, 4], [0, 0, 12], [10, 0, 0], [20, 0, 0], [200, 200, 200], [0, 0, 0], [0, 0, 0]]
     rgb = np.array(colours, np.uint8).reshape(2, 4, 3)

@@ -149,7 +149,9 @@ def test_merge_rebases_paths_and_refuses_duplicates_and_other_columns(tmp_path):
 
     other = tmp_path / "other.csv"
     pd.read_csv(b_csv).assign(material="paper").to_csv(other, index=False)
-    result = runner.invoke(app, ["manifest", "merge", str(tmp_path / "set1/m.csv"), str(other), "--out", str(tmp_path / "x.csv")])
+    result = runner.invoke(
+        app, ["manifest", "merge", str(tmp_path / "set1/m.csv"), str(other), "--out", str(tmp_path / "x.csv")]
+    )
     assert result.exit_code == 1, result.output
     line = result.output.strip()
     assert "\n" not in line and "image,mask,split but" in line and "image,mask,split,material" in line

@@ -59,48 +59,51 @@ SplitOpt = Annotated[
     str | None,
     typer.Option("--split", help="Put every pair in this split (train, val or test) instead of splitting them."),
 ]
+ImagesOpt = Annotated[
+    Path | None, typer.Option("--images", help="Folder of images (subfolders included).", show_default=False)
+]
+MasksOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--masks", help="Folder of masks named after their images (suffixes like _mask are fine).", show_default=False
+    ),
+]
+FromFoldersOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--from-folders",
+        help="A tree already split into folders (train/images + train/masks, images/train + masks/train, "
+        "train_img + train_lab, ...): each split's pairs keep that split. Instead of --images/--masks.",
+        show_default=False,
+    ),
+]
+ValOpt = Annotated[
+    float | None,
+    typer.Option(help="Fraction of images for validation [default: 0.15; with --from-folders: of train, none]."),
+]
+GroupByOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--group-by",
+        help="Regex searched in each image's path (relative, no extension); its first group names the image's "
+        "group, and no group spans two splits. E.g. '^([^/]+)/' (subfolder) or '(.+)_\\d+$' (stem prefix).",
+    ),
+]
 
 
 @manifest_app.command("build")
 @user_errors
 def manifest_build(
     out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write; its paths are relative to its folder.")],
-    images: Annotated[
-        Path | None, typer.Option("--images", help="Folder of images (subfolders included).", show_default=False)
-    ] = None,
-    masks: Annotated[
-        Path | None,
-        typer.Option(
-            "--masks",
-            help="Folder of masks named after their images (suffixes like _mask are fine).",
-            show_default=False,
-        ),
-    ] = None,
-    from_folders: Annotated[
-        Path | None,
-        typer.Option(
-            "--from-folders",
-            help="A tree already split into folders (train/images + train/masks, images/train + masks/train, "
-            "train_img + train_lab, ...): each split's pairs keep that split. Instead of --images/--masks.",
-            show_default=False,
-        ),
-    ] = None,
+    images: ImagesOpt = None,
+    masks: MasksOpt = None,
+    from_folders: FromFoldersOpt = None,
     split: SplitOpt = None,
     labels: LabelsOpt = "artefact",
-    val: Annotated[
-        float | None,
-        typer.Option(help="Fraction of images for validation [default: 0.15; with --from-folders: of train, none]."),
-    ] = None,
+    val: ValOpt = None,
     test: Annotated[float | None, typer.Option(help="Fraction of images for test [default: 0.15].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
-    group_by: Annotated[
-        str | None,
-        typer.Option(
-            "--group-by",
-            help="Regex searched in each image's path (relative, no extension); its first group names the image's "
-            "group, and no group spans two splits. E.g. '^([^/]+)/' (subfolder) or '(.+)_\\d+$' (stem prefix).",
-        ),
-    ] = None,
+    group_by: GroupByOpt = None,
     leave_out: GroupLeaveOutOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing CSV.")] = False,
     max_pixels: MaxPixelsOpt = 200_000_000,

@@ -283,7 +283,12 @@ def _describe_unknown(unknown: dict[str, list], scheme: LabelScheme) -> list[str
         for value, (px, n, first) in ranked
     ]
     if len(unknown) > 50:
-        msgs.insert(0, f"{len(unknown)} unknown mask colours/values: masks saved as JPEG or resized with smoothing?")
+        pair = closest_pair(*scheme._color_lut())
+        safe = f"--colour-tolerance {(pair[0] - 1) // 2 if pair else 16}"
+        hint = f" {safe} snaps colours near one class's colour to it" if not scheme.colour_tolerance else ""
+        msgs.insert(
+            0, f"{len(unknown)} unknown mask colours/values: masks saved as JPEG or resized with smoothing?{hint}"
+        )
     return msgs
 
 

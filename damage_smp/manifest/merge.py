@@ -28,6 +28,9 @@ def merge_manifests(inputs: list[str | Path], out: str | Path, overwrite: bool =
         raise ValueError(
             f"--out {out}: is one of the inputs; `manifest merge` never rewrites an input, give a new --out"
         )
+    for k, path in enumerate(paths):
+        if any(_same(path, other) for other in paths[:k]):
+            raise ValueError(f"{path}: given twice; name each manifest once")
     refuse_overwrite([out], overwrite)
     frames = [read_manifest(p) for p in paths]
     columns = group_columns(frames[0])
