@@ -41,7 +41,8 @@ ColourToleranceOpt = Annotated[
     int | None,
     typer.Option(
         "--colour-tolerance",
-        help="Snap mask colours within N (per channel) of one class's colour to it, e.g. JPEG (default: the scheme's, 0).",
+        help="Snap mask colours within N (per channel) of one class's colour to it, e.g. JPEG "
+        "(default: the scheme's, 0).",
     ),
 ]
 ARTEFACT_INPUTS_HELP = "ARTeFACT .parquet shards, or folders holding them (searched recursively)."
