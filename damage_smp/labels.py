@@ -125,8 +125,8 @@ class LabelScheme:
             self._lut["value"] = lut
         return self._lut["value"]
 
-    def _color_lut(self) -> tuple[np.ndarray, np.ndarray]:
-        """Sorted packed colours (R<<16|G<<8|B) and their class indices."""
+    def palette(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted packed colours (R<<16|G<<8|B) of every class colour, alias and ignored colour, and their meanings."""
         if "color" not in self._lut:
             keys, idx = [], []
             for i, c in enumerate(self.classes):
@@ -157,7 +157,7 @@ class LabelScheme:
         return self._from_colors(rgb)[0]
 
     def _from_colors(self, rgb: np.ndarray) -> tuple[np.ndarray, SnapStats | None]:
-        keys, idx = self._color_lut()
+        keys, idx = self.palette()
         if self.colour_tolerance:
             return snap_colours(rgb, keys, idx, self.colour_tolerance)
         return exact_colours(rgb, keys, idx), None

@@ -107,9 +107,10 @@ def test_check_reports_snapping_and_the_cache_keys_the_tolerance(tmp_path):
 
 def test_train_saves_the_tolerance_and_evaluate_reuses_it(tmp_path):
     csv = _jpeg_manifest(tmp_path)
-    args = ["train", "--manifest", csv, "--encoder", "resnet18", "--encoder-weights", "none", "--epochs", "1",
-            "--samples-per-epoch", "4", "--batch-size", "4", "--crop-size", "64", "--tile", "64", "--num-workers",
-            "0", "--samples", "0", "--device", "cpu", "--out-dir", str(tmp_path), "--name", "run"]  # fmt: skip
+    args = ["train", "--manifest", csv, "--encoder", "tu-efficientnet_lite0", "--encoder-weights", "none",
+            "--epochs", "1", "--samples-per-epoch", "4", "--batch-size", "4", "--crop-size", "64", "--tile", "64",
+            "--num-workers", "0", "--samples", "0", "--device", "cpu", "--out-dir", str(tmp_path),
+            "--name", "run"]  # fmt: skip
     result = runner.invoke(app, [*args, "--colour-tolerance", "12"])
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

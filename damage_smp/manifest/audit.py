@@ -93,7 +93,7 @@ def audit_manifest(
 
 def _tolerance_warning(scheme: LabelScheme) -> list[str]:
     """A tolerance of half the distance between two classes' colours makes the colours between them ambiguous."""
-    pair = closest_pair(*scheme._color_lut()) if scheme.colour_tolerance else None
+    pair = closest_pair(*scheme.palette()) if scheme.colour_tolerance else None
     if pair is None or 2 * scheme.colour_tolerance < pair[0]:
         return []
     return [
@@ -283,7 +283,7 @@ def _describe_unknown(unknown: dict[str, list], scheme: LabelScheme) -> list[str
         for value, (px, n, first) in ranked
     ]
     if len(unknown) > 50:
-        pair = closest_pair(*scheme._color_lut())
+        pair = closest_pair(*scheme.palette())
         safe = f"--colour-tolerance {(pair[0] - 1) // 2 if pair else 16}"
         hint = f" {safe} snaps colours near one class's colour to it" if not scheme.colour_tolerance else ""
         msgs.insert(
