@@ -130,9 +130,11 @@ def check_sources(
     """--images + --masks, or --from-folders alone: say which flags clash."""
     if root is None:
         if images is None or masks is None:
-            given = "--images" if images is not None else "--masks" if masks is not None else None
-            want = f"{given} needs {'--masks' if given == '--images' else '--images'}" if given else "give"
-            raise ValueError(f"{want} --images DIR and --masks DIR, or --from-folders ROOT for a pre-split tree")
+            missing = "--masks DIR" if images is not None else "--images DIR" if masks is not None else "both"
+            raise ValueError(
+                f"give --images DIR and --masks DIR (missing: {missing}), or --from-folders ROOT for a tree "
+                "already split into train/val/test folders"
+            )
         return
     clash = [f for f, v in (("--images", images), ("--masks", masks), ("--split", split), ("--test", test),
                             ("--leave-out", leave_out)) if v is not None]  # fmt: skip
