@@ -10,18 +10,16 @@ import typer
 from ..console import escape
 from .app import MaxPixelsOpt, UserError, app, console, user_errors
 
+MODEL_HELP = "Run directory made by train, or an ONNX file made by export (its MODEL.onnx.json beside it)."
+BACKEND_HELP = "torch, or onnxruntime (CPU; the [onnx] extra). Default: torch; onnxruntime for MODEL.onnx."
+
 
 # ============================================================================================ predict
 @app.command(rich_help_panel="Using a model")
 @user_errors
 def predict(
     run_dir: Annotated[
-        Path | None,
-        typer.Argument(
-            metavar="RUN_DIR | MODEL.onnx",
-            help="Run directory made by train, or an ONNX file made by export (its MODEL.onnx.json beside it).",
-            show_default=False,
-        ),
+        Path | None, typer.Argument(metavar="RUN_DIR | MODEL.onnx", help=MODEL_HELP, show_default=False)
     ] = None,
     inputs: Annotated[
         list[str] | None,
@@ -34,10 +32,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     tta: Annotated[bool, typer.Option("--tta", help="Average 4 flips (4x slower).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    backend: Annotated[
-        str | None,
-        typer.Option(help="torch, or onnxruntime (CPU; the [onnx] extra). Default: torch; onnxruntime for MODEL.onnx."),
-    ] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     save: Annotated[str, typer.Option(help="Comma list of outputs: colour,index,overlay.")] = "colour,index,overlay",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs exist.")] = False,
     shard: Annotated[
