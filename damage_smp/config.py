@@ -79,6 +79,8 @@ class TrainConfig:
     """Memory budget for decoded images kept between epochs (each worker process has its own)."""
     allow_leakage: bool = False
     """Train (with a warning) although the manifest lists an image twice or in two splits; refused otherwise."""
+    colour_tolerance: int | None = None
+    """Snap mask colours within N (per channel) of one class's colour to it, e.g. JPEG (default: the scheme's, 0)."""
     # --- model
     arch: str = "unet"
     """smp architecture: unet, unetplusplus, fpn, deeplabv3plus, segformer, ..."""
@@ -199,6 +201,8 @@ class TrainConfig:
             bad("freeze_encoder", "a frozen random encoder learns nothing; use --encoder-weights imagenet or PATH")
         if not 0 <= self.aug_strength <= 2:
             bad("aug_strength", f"must be in [0, 2], got {self.aug_strength}")
+        if self.colour_tolerance is not None and not 0 <= self.colour_tolerance <= 255:
+            bad("colour_tolerance", f"must be 0 to 255, got {self.colour_tolerance}")
         if self.max_pixels < 1:
             bad("max_pixels", "must be positive")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
