@@ -61,20 +61,19 @@ def evaluate(
     min_area: str | int | dict | None = None,
     tolerance: int = 2,
     console: Console | None = None,
+    colour_tolerance: int | None = None,
 ) -> dict:
     """Evaluate a run's checkpoint on every whole image of a split; write and return its metrics entry.
 
-    ``manifest``: another manifest to evaluate on (its masks are decoded with the run's label scheme);
-    default: the manifest the run was trained on. ``tile``/``overlap``/``batch_size``/``max_pixels`` default
-    to the run's training settings. ``tune``: choose the damage threshold on this split (val only) and write
-    thresholds.json. Scores with a tuned threshold (``tuned``) are of one chosen on another split, never this one.
-    ``min_area``: remove damage components below this size from every prediction before scoring (``cleanup``).
-    ``tolerance``: the distance in pixels of the tolerant per-class scores (``tolerant``; ``scoring.TolerantCounts``).
+    ``manifest``: another manifest (its masks decoded with the run's label scheme; default: the run's own).
+    ``tile``, ``overlap``, ``batch_size``, ``max_pixels`` and ``colour_tolerance`` default to the run's
+    settings. ``tune``: choose the damage threshold on this split (val only), write thresholds.json; the tuned
+    scores (``tuned``) use one chosen on another split, never this one. ``min_area``: remove smaller damage
+    before scoring (``cleanup``); ``tolerance``: px of the tolerant per-class scores (``scoring.TolerantCounts``).
     Returns the metrics.json entry plus ``split_key`` and ``files``.
     """
-    console, run_dir = console or Console(), Path(run_dir)
-    paths = RunPaths(run_dir)
-    cfg, scheme, _ = read_run_config(run_dir)  # missing dir / not a run / other config_version: one clear line
+    console, run_dir, paths = console or Console(), Path(run_dir), RunPaths(Path(run_dir))
+    cfg, scheme = run_settings(run_dir, colour_tolerance)  # missing dir / not a run / other version: one line
     ckpt_path = checkpoint_path(paths, checkpoint)
     tile, overlap, batch_size, max_pixels = window_settings(cfg, tile, overlap, batch_size, max_pixels)
     manifest_path, foreign, rows, groups, split_key = load_split(paths, cfg.manifest, manifest, split, console)
@@ -88,6 +87,7 @@ def evaluate(
     predict = partial(predict_index, bundle.model, num_classes=scheme.num_classes, tile=tile, overlap=overlap,
                       batch_size=batch_size, device=dev, amp_dtype=resolve_amp(cfg.amp, dev), tta=tta)  # fmt: skip
     settings = {"checkpoint": checkpoint, "epoch": bundle.epoch, "tta": bool(tta), "tile": tile, "overlap": overlap,
+                "colour_tolerance": scheme.colour_tolerance,
                 "min_area": {scheme.names[c]: px for c, px in sizes.items()}}  # fmt: skip
     console.print(f"[bold]{run_dir}[/]  {ckpt_path.name} (epoch {bundle.epoch})  {split_key}: {len(rows)} images  "
                   f"tile {tile} overlap {overlap:g}{'  TTA x4' if tta else ''}  device={dev}")  # fmt: skip
@@ -124,6 +124,12 @@ def scores_entry(total: ConfusionMatrix, mats: list[np.ndarray], rows, groups: l
         "confusion_matrix": total.to_numpy().tolist(),
         "note": "absent classes are NaN and skipped",
     }
+
+
+def run_settings(run_dir: str | Path, colour_tolerance: int | None):
+    """The run's (TrainConfig, LabelScheme), the scheme with ``colour_tolerance`` when one is given."""
+    cfg, scheme, _ = read_run_config(run_dir)
+    return cfg, scheme.with_colour_tolerance(colour_tolerance)
 
 
 def window_settings(cfg, tile: int | None, overlap: float | None, batch_size: int | None, max_pixels: int | None):

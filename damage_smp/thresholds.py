@@ -181,6 +181,10 @@ def resolve_decision(run_dir: Path, decision: str, scheme: LabelScheme, checkpoi
         raise ValueError(f"--decision {decision!r}: unknown; use argmax or tuned")
     if decision == "argmax":
         return Decision()
+    if not Path(run_dir).is_dir():  # an exported MODEL.onnx: no run dir, no thresholds.json
+        if decision == "tuned":
+            raise ValueError(f"--decision tuned: {run_dir} is an exported model; use its run dir, or --decision argmax")
+        return Decision()
     data = read_thresholds(run_dir)
     how = HOW_TO_TUNE.format(run=run_dir)
     if data is None:

@@ -22,7 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-manifest_app = typer.Typer(help="Build, check and split data manifests (image,mask,split CSVs).", no_args_is_help=True)
+manifest_app = typer.Typer(
+    help="Build, check, split and merge data manifests (image,mask,split CSVs).", no_args_is_help=True
+)
 app.add_typer(manifest_app, name="manifest")
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -42,6 +44,14 @@ MinAreaOpt = Annotated[
     str | None, typer.Option("--min-area", help='Remove damage regions under PX pixels (or JSON {"class": px}).')
 ]
 DpiOpt = Annotated[float | None, typer.Option(help="Scan resolution for mm² in areas.csv (default: the file's).")]
+ColourToleranceOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--colour-tolerance",
+        help="Snap mask colours within N (per channel) of one class's colour to it, e.g. JPEG "
+        "(default: the scheme's, 0).",
+    ),
+]
 ARTEFACT_INPUTS_HELP = "ARTeFACT .parquet shards, or folders holding them (searched recursively)."
 SOURCE_HELP = "A predict --out folder (gallery), or a run dir / folder of runs (study page)."
 

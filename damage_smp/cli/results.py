@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..console import escape
-from .app import SOURCE_HELP, MinAreaOpt, app, console, user_errors
+from .app import SOURCE_HELP, ColourToleranceOpt, MinAreaOpt, app, console, user_errors
 
 
 # ============================================================================================ evaluate
@@ -36,6 +36,7 @@ def evaluate(
     tolerance: Annotated[
         int, typer.Option(help="Tolerant per-class precision/recall/F1: a hit within this many pixels.")
     ] = 2,
+    colour_tolerance: ColourToleranceOpt = None,
 ) -> None:
     """Score a run on every whole image of a split: metrics.json, confusion matrix, per-image and per-group tables.
 
@@ -45,7 +46,8 @@ def evaluate(
 
     run_evaluate(run_dir, split=split, manifest=manifest, checkpoint=checkpoint, tta=tta, device=device, tile=tile,
                  overlap=overlap, batch_size=batch_size, max_pixels=max_pixels, tune=tune,
-                 min_area=min_area, tolerance=tolerance, console=console)  # fmt: skip
+                 min_area=min_area, tolerance=tolerance, console=console,
+                 colour_tolerance=colour_tolerance)  # fmt: skip
 
 
 # ============================================================================================ compare

@@ -10,12 +10,17 @@ import typer
 from ..console import escape
 from .app import DecisionOpt, DpiOpt, MaxPixelsOpt, MinAreaOpt, UserError, app, console, user_errors
 
+MODEL_HELP = "Run directory made by train, or an ONNX file made by export (its MODEL.onnx.json beside it)."
+BACKEND_HELP = "torch, or onnxruntime (CPU; the [onnx] extra). Default: torch; onnxruntime for MODEL.onnx."
+
 
 # ============================================================================================ predict
 @app.command(rich_help_panel="Using a model")
 @user_errors
 def predict(
-    run_dir: Annotated[Path | None, typer.Argument(help="Run directory made by train.", show_default=False)] = None,
+    run_dir: Annotated[
+        Path | None, typer.Argument(metavar="RUN_DIR | MODEL.onnx", help=MODEL_HELP, show_default=False)
+    ] = None,
     inputs: Annotated[
         list[str] | None,
         typer.Argument(help="Image files, folders (recursive), glob patterns or manifest CSVs.", show_default=False),
@@ -27,7 +32,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     tta: Annotated[bool, typer.Option("--tta", help="Average 4 flips (4x slower).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    backend: Annotated[str, typer.Option(help="torch, or onnxruntime (CPU; the [onnx] extra).")] = "torch",
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     decision: DecisionOpt = None,
     min_area: MinAreaOpt = None,
     dpi: DpiOpt = None,
@@ -52,7 +57,7 @@ def predict(
     if merge_areas is not None:
         return _merge_only(merge_areas, run_dir is not None or bool(inputs))
     if run_dir is None or not inputs or out is None:
-        raise UserError("give RUN_DIR, one or more INPUTS and --out DIR (or --merge-areas DIR)")
+        raise UserError("give RUN_DIR (or MODEL.onnx), one or more INPUTS and --out DIR (or --merge-areas DIR)")
     _run_batch(
         run_dir, inputs, out, checkpoint=checkpoint, tile=tile, overlap=overlap, batch_size=batch_size,
         tta=tta, device=device, save=save, overwrite=overwrite, max_pixels=max_pixels, workers=workers,

@@ -24,10 +24,10 @@ from ..images import DEFAULT_MAX_PIXELS, image_size, read_image, write_image
 from ..models import ModelBundle, load_bundle
 from ..plots import legend_image
 from ..runs import read_json, write_json
-from ..system import resolve_amp, resolve_device
+from ..system import resolve_device
 from ..thresholds import Decision, resolve_decision
 from ..tiling import predict_index
-from .backend import check_backend, tile_model
+from .backend import ExportedModel, check_backend, is_exported_model, load_exported, tile_model
 from .confidence import block_filler, confidence_maps
 from .inputs import (
     SAVE_KINDS,
@@ -42,13 +42,14 @@ from .outputs import PredictResult, batch_tables, merge_areas, write_outputs, wr
 from .owned import check_nothing_foreign, clean_stale_temps, is_finished, predict_json_is_ours, read_record
 
 INFLIGHT_PIXELS = 50_000_000  # beyond the first image, each pipeline side holds at most this many pixels
+Loaded = ModelBundle | ExportedModel  # a run's checkpoint, or an exported ONNX file with its sidecar
 TILE_PROGRESS_MIN = 16  # images with at least this many tiles get their own tile progress bar
 SETTINGS_COMPARED = ("run_dir", "checkpoint", "epoch", "tile", "overlap", "tta", "decision", "threshold", "min_area")
 SETTINGS_DEFAULTS = {"decision": "argmax", "min_area": {}}  # what a predict.json without the key was made with
 
 
 def predict_image(
-    bundle: ModelBundle,
+    bundle: Loaded,
     image: np.ndarray,
     *,
     tile: int = 512,
@@ -67,10 +68,9 @@ def predict_image(
     ``decision``: the rule from probabilities to classes (``thresholds.Decision``; default the argmax);
     ``on_block``: sees every block of final probabilities (``tiling.predict_index``).
     """
-    device = next(bundle.model.parameters()).device
     return predict_index(
         model or bundle.model, image, bundle.scheme.num_classes, tile=tile, overlap=overlap, batch_size=batch_size,
-        device=device, amp_dtype=resolve_amp(bundle.cfg.amp, device), tta=tta, progress=progress, decide=decision,
+        device=bundle.device, amp_dtype=bundle.amp_dtype, tta=tta, progress=progress, decide=decision,
         on_block=on_block,
     )  # fmt: skip
 
@@ -91,7 +91,7 @@ def predict(
     shard: tuple[int, int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 2,
-    backend: str = "torch",
+    backend: str | None = None,
     decision: str = "auto",
     min_area: str | int | dict | None = None,
     dpi: float | None = None,
@@ -103,7 +103,8 @@ def predict(
     column). ``shard=(K, N)``, K counting from 1, takes every N-th image of the sorted inputs; under
     ``torchrun`` each rank takes its share of that. Finished images are skipped unless ``overwrite``.
     An image that cannot be read or predicted is listed in ``failures``; the others are all processed.
-    ``backend``: ``torch``, or ``onnxruntime`` (CPU; the same tiles through an ONNX Runtime session).
+    ``backend``: ``torch``, or ``onnxruntime`` (CPU; the same tiles through an ONNX Runtime session); None picks
+    torch for a run dir. ``run_dir`` may also be an exported ``MODEL.onnx`` with its sidecar ``MODEL.onnx.json``.
     ``decision``: tuned (the run's thresholds.json), argmax, or auto (tuned when the run has one); ``min_area``:
     remove smaller damage (px, or {class: px}; ``cleanup``); ``dpi``: for the mm² of areas.csv (default: the file's).
     """
@@ -114,8 +115,7 @@ def predict(
     mine = plan_outputs(collect_inputs(inputs, exclude=out), out)[k - 1 :: n]
     records = _check_out(out, mine, kinds, k, n)  # before the model is even loaded
 
-    dev = device_for_rank(check_backend(backend, device))
-    bundle = load_bundle(run_dir, checkpoint, dev)
+    bundle, backend, dev = load_model(run_dir, checkpoint, backend, device)
     rule = resolve_decision(Path(run_dir), decision, bundle.scheme, bundle.checkpoint_path)
     sizes = parse_min_area(min_area, bundle.scheme)
     settings = _settings(run_dir, checkpoint, bundle, rule, sizes, tile=tile, overlap=overlap, tta=tta, backend=backend)
@@ -144,7 +144,23 @@ def _merged_if_last(result: PredictResult, k: int, n: int, console: Console, sta
     return result
 
 
-def _settings(run_dir: str | Path, checkpoint: str, bundle: ModelBundle, rule: Decision, sizes: dict, **tiling) -> dict:
+def load_model(run_dir: str | Path, checkpoint: str, backend: str | None, device: str):
+    """-> (bundle, backend, device): a run dir's checkpoint (backend torch unless given), or an exported ONNX
+    file with its sidecar (``predict MODEL.onnx``: backend onnxruntime, on the CPU)."""
+    if is_exported_model(run_dir):
+        if backend not in (None, "onnxruntime"):
+            raise ValueError(f"{run_dir}: an ONNX file runs on --backend onnxruntime; drop --backend {backend}")
+        check_backend("onnxruntime", device)
+        if checkpoint != "best":
+            raise ValueError(f"--checkpoint {checkpoint}: only for a run dir; {run_dir} is one exported model")
+        exported = load_exported(run_dir)
+        return exported, "onnxruntime", exported.device
+    backend = backend or "torch"
+    dev = device_for_rank(check_backend(backend, device))
+    return load_bundle(run_dir, checkpoint, dev), backend, dev
+
+
+def _settings(run_dir: str | Path, checkpoint: str, bundle: Loaded, rule: Decision, sizes: dict, **tiling) -> dict:
     """predict.json: what made these predictions (a later batch into the same folder must match its
     SETTINGS_COMPARED; not the backend, which gives the same masks, so a batch may resume on the other one)."""
     return {
@@ -169,7 +185,7 @@ def _check_out(out: Path, jobs: list[Job], kinds: Sequence[str], k: int, n: int)
     return records
 
 
-def _prepare_out(out: Path, settings: dict, bundle: ModelBundle, overwrite: bool, k: int, n: int) -> None:
+def _prepare_out(out: Path, settings: dict, bundle: Loaded, overwrite: bool, k: int, n: int) -> None:
     """Create ``out``, refusing predictions made differently; shard 1 writes the batch-wide files
     (so shards never write the same file); a shard's stale areas table goes, so no merge ever joins it."""
     check_previous_settings(out, settings, overwrite)
@@ -232,7 +248,7 @@ def check_previous_settings(out: Path, settings: dict, overwrite: bool) -> None:
 class Pipeline:
     """Read ahead, predict, write behind; bounded queues on both sides (see the package docstring)."""
 
-    def __init__(self, bundle: ModelBundle, kinds, overwrite: bool, max_pixels: int, workers: int, options,
+    def __init__(self, bundle: Loaded, kinds, overwrite: bool, max_pixels: int, workers: int, options,
                  min_area: dict[int, int] | None = None):  # fmt: skip
         self.bundle, self.kinds, self.overwrite = bundle, kinds, overwrite
         self.max_pixels, self.workers, self.options = max_pixels, workers, options
