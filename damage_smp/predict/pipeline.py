@@ -124,7 +124,7 @@ def predict(
 
     todo = [j for j, r in zip(mine, records, strict=True) if overwrite or not is_finished(j, r, kinds)]
     n_skipped = len(mine) - len(todo)
-    model_text = f"{escape(run_dir)} ({checkpoint}, epoch {bundle.epoch}) on {dev} ({backend}, {_rule_text(rule)})"
+    model_text = f"{escape(run_dir)} ({checkpoint}, epoch {bundle.epoch}) on {dev} ({backend}), {_rule_text(rule)}"
     _announce(console, len(todo), n_skipped, (k, n), model_text, overwrite)
     options = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, model=tile_model(bundle, backend),
                    decision=rule)  # fmt: skip
