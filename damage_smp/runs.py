@@ -28,7 +28,7 @@ from .labels import LabelScheme
 
 HISTORY_FIELDS = [
     "epoch", "train_loss", "val_loss", "val_miou", "val_damage_miou", "lr", "seconds", "img_per_s",
-    "data_seconds", "peak_mem_mb", "gpu_util", "energy_wh", "energy_source", "frozen",
+    "data_seconds", "peak_mem_mb", "gpu_util", "energy_wh", "energy_source", "frozen", "steps", "planned_steps",
 ]  # fmt: skip
 MAX_DEPTH = 3  # run dirs are found at most this many folders below a given path
 SKIP_DIRS = {"checkpoints", "samples", "compare", "__pycache__"}  # never hold run dirs (a run's own, compare's out)
