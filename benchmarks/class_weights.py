@@ -8,7 +8,9 @@ prints one table of test damage mIoU / mIoU per setting, plus the mean over all 
 command it prints (same crops for none and auto: the crops depend only on the seed).
 
 Run: ``.venv/bin/python -m benchmarks.class_weights --out /tmp/cw`` (``--jobs N`` runs N trainings at a time,
-each on one thread; ``--budget "--epochs 3 --samples-per-epoch 256"`` changes the budget).
+each on one thread; ``--budget "--epochs 3 --samples-per-epoch 256"`` changes the budget). Runs already evaluated
+in ``--out`` are reused, so an interrupted call continues; ``--collect`` only tabulates what is there. "train s" is
+the train loop's seconds (history.csv), without set-up and evaluation.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
+
 BUDGET = "--epochs 2 --samples-per-epoch 160 --crop-size 128 --batch-size 8 --lr 2e-3 --warmup-iters 5 --val-every 2"
 SECOND_SAMPLE = ["--seed", "7", "--n", "40", "--size", "448x320"]
 CELLS = [("bundled", 0), ("second", 0), ("bundled", 1)]  # (data set, training seed)
@@ -35,7 +39,7 @@ def cli(*args: str) -> list[str]:
 
 
 def run(cmd: list[str], log: Path, threads: int) -> float:
-    """Run one CLI command (appending to log); its wall seconds. Raises with the log's tail on failure."""
+    """Run one CLI command (appending to log); its wall seconds. Raises naming the log on failure."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     with open(log, "a", encoding="utf-8") as f:
@@ -47,15 +51,20 @@ def run(cmd: list[str], log: Path, threads: int) -> float:
     return time.perf_counter() - t0
 
 
-def one(out: Path, manifest: Path, data: str, seed: int, labels: str, weights: str, args) -> dict:
+def one(out: Path, manifest: Path, data: str, seed: int, labels: str, weights: str, args) -> dict | None:
     name = f"{data}-{labels}-{weights}-s{seed}"
     log = out / "logs" / f"{name}.log"
     train = cli("train", "--manifest", str(manifest), "--labels", labels, "--class-weights", weights,
                 "--seed", str(seed), *shlex.split(args.budget), "--out-dir", str(out / "runs"), "--name", name,
                 "--overwrite", "--samples", "0")  # fmt: skip
-    wall = run(train, log, args.threads)
-    run(cli("evaluate", str(out / "runs" / name), "--split", "test"), log, args.threads)
-    summary = json.loads((out / "runs" / name / "metrics.json").read_text())["test"]["summary"]
+    metrics = out / "runs" / name / "metrics.json"
+    if not metrics.is_file():  # else done by an earlier call of this script: reused (delete the run to redo it)
+        if args.collect:
+            return None
+        run(train, log, args.threads)
+        run(cli("evaluate", str(out / "runs" / name), "--split", "test"), log, args.threads)
+    wall = float(pd.read_csv(out / "runs" / name / "history.csv")["seconds"].sum())
+    summary = json.loads(metrics.read_text())["test"]["summary"]
     print(f"{name}: damage mIoU {summary['damage_miou']:.3f}  mIoU {summary['miou']:.3f}  train {wall:.0f} s")
     return {"data": data, "seed": seed, "labels": labels, "class_weights": weights, "train_s": round(wall, 1),
             "damage_miou": summary["damage_miou"], "miou": summary["miou"],
@@ -90,6 +99,7 @@ def main() -> None:
     p.add_argument("--budget", default=BUDGET, help="train flags shared by every run")
     p.add_argument("--jobs", type=int, default=1, help="trainings at a time")
     p.add_argument("--threads", type=int, default=2, help="torch threads per training (OMP_NUM_THREADS)")
+    p.add_argument("--collect", action="store_true", help="train nothing: tabulate the runs already in --out")
     args = p.parse_args()
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     second = args.out / "second-sample"
@@ -99,7 +109,7 @@ def main() -> None:
     jobs = [(d, s, lab, w) for d, s in CELLS for lab in LABELS for w in WEIGHTS]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(one, args.out, manifests[d], d, s, lab, w, args) for d, s, lab, w in jobs]
-        rows = [f.result() for f in futures]
+        rows = [r for r in (f.result() for f in futures) if r is not None]
     (args.out / "class_weights.json").write_text(json.dumps({"budget": args.budget, "runs": rows}, indent=1))
     text = table(rows)
     (args.out / "class_weights.md").write_text(text + "\n")

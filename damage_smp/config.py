@@ -97,8 +97,8 @@ class TrainConfig:
     """Weight of the Dice term."""
     ce_weight: float = 1.0
     """Weight of the cross-entropy term."""
-    class_weights: str = "none"
-    """none, or auto (inverse-sqrt training pixel frequency) for the CE term."""
+    class_weights: str = "auto"
+    """auto (inverse-sqrt training pixel frequency, so rare damage classes count) or none, for the CE term."""
     # --- optimisation
     epochs: int = setting(20, resume=True)
     """Epochs in total (with --resume: train up to this many)."""
