@@ -1,4 +1,7 @@
-"""state.json around the training loop: running while it runs, and why it stopped on every way out."""
+"""state.json around a training loop (train and pretrain): running, then finished / interrupted / failed on every
+way out, and errors that say what is kept. ``run`` is any object with ``main``, ``paths`` (RunPaths), ``cfg``
+(batch_size, crop_size), ``last_epoch``, ``start_epoch``, ``say`` and ``resume_command()``.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +29,7 @@ def run_state(run):
         yield
     except KeyboardInterrupt:
         note_state(run, "interrupted", "Ctrl-C")
-        more = f"--time-budget {run.cfg.time_budget}" if run.cfg.time_budget else f"--epochs {run.cfg.epochs}"
-        run.say(f"[yellow]interrupted; continue with: damage-smp train --resume {run.paths.root} {more}[/]")
+        run.say(f"[yellow]interrupted; continue with: {run.resume_command()}[/]")
         raise
     except torch.OutOfMemoryError:
         msg = (

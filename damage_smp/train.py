@@ -33,6 +33,7 @@ from .manifest import check_leakage, load_manifest, split_rows
 from .memory import check_step_fits
 from .models import build_model, count_params, encoder_param_group, param_groups, set_encoder_frozen
 from .plots import save_curves
+from .pretrained import resolve_init
 from .rng import get_rng_state, set_rng_state
 from .rundir import RunDirClaim, claim_run_dir
 from .runs import (
@@ -90,6 +91,10 @@ class Run:
         if self.main and self.console is not None:
             self.console.print(text)
 
+    def resume_command(self) -> str:
+        more = f"--time-budget {self.cfg.time_budget}" if self.cfg.time_budget else f"--epochs {self.cfg.epochs}"
+        return f"damage-smp train --resume {self.paths.root} {more}"
+
     @property
     def last_epoch(self) -> int:
         return self.history[-1]["epoch"] if self.history else self.start_epoch - 1
@@ -98,7 +103,7 @@ class Run:
 # ============================================================================================ entry point
 def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console | None = None) -> Path:
     """Train a model as cfg says and return its run directory. With ``resume``, continue that run."""
-    run = setup(cfg, resume, console or Console())
+    run = setup(cfg if resume is not None else resolve_init(cfg), resume, console or Console())
     with run_state(run), tblog.writer_for(run):
         for epoch in epochs(run):
             if run.frozen and not is_frozen(cfg, epoch):  # --unfreeze-at: fine-tune the encoder from here on
@@ -131,7 +136,7 @@ def setup(cfg: TrainConfig, resume: str | Path | None, console: Console) -> Run:
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    scheme = resolve_scheme(cfg.labels, cfg.ignore_background)
+    scheme = resolve_scheme(cfg.labels, cfg.ignore_background, cfg.colour_tolerance)
     manifest = load_manifest(cfg.manifest)
     warning = check_leakage(manifest, cfg.manifest, cfg.allow_leakage)
     if warning and rank == 0:
