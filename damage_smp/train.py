@@ -47,7 +47,7 @@ from .runs import (
 from .runstate import TrainingStopped, run_state
 from .schedule import lr_factor, set_lr
 from .system import EnergyMeter, environment, peak_memory_mb, resolve_amp, resolve_device
-from .validation import save_samples, validate
+from .validation import save_samples, tune_thresholds, validate
 
 
 @dataclass
@@ -374,6 +374,7 @@ def finish(run: Run) -> None:
     if run.budget is not None:
         record_budget(run)
     save_samples(paths, run.val_rows, run.scheme, run.cfg, run.device)
+    tune_thresholds(paths, run.val_rows, run.scheme, run.cfg, run.device, run.say)  # thresholds.json
     write_state(paths.state, "finished", run.last_epoch)
 
 
