@@ -101,11 +101,15 @@ class TrainConfig:
     """Weight of the Dice term."""
     ce_weight: float = 1.0
     """Weight of the cross-entropy term."""
-    class_weights: str = "none"
-    """none, or auto (inverse-sqrt training pixel frequency) for the CE term."""
+    class_weights: str = "auto"
+    """auto (inverse-sqrt training pixel frequency, so rare damage classes count) or none, for the CE term."""
     # --- optimisation
     epochs: int = setting(20, resume=True)
     """Epochs in total (with --resume: train up to this many)."""
+    time_budget: str | None = setting(None, resume=True)
+    """Train for this wall-clock time instead of --epochs, e.g. 90s, 20m, 1.5h: the optimizer steps are set from
+    the throughput of the first min(60 s, 10 %) so the LR schedule ends with the budget, then a final validation
+    and checkpoint (with --resume: a new budget for the continuation)."""
     batch_size: int = 8
     """Crops per optimizer step (per process under torchrun), before --accum-steps."""
     crop_size: int = 256
@@ -209,6 +213,8 @@ class TrainConfig:
             bad("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.name is not None:
             check_run_name(self.name)
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -291,6 +297,18 @@ def checked_value(name: str, value, typ, source: str):
             return value
     expected = " or ".join(TYPE_NAMES.get(t, "null") for t in allowed)
     raise ValueError(f"{source}: {name} is {json.dumps(value)} but must be {expected}; fix that value")
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str, flag: str = "--time-budget") -> float:
+    """'90s', '20m', '1.5h' (or bare seconds) -> seconds > 0; ValueError naming the flag otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(text).lower())
+    seconds = float(match[1]) * DURATION_UNITS[match[2] or "s"] if match else 0.0
+    if not seconds > 0:
+        raise ValueError(f"{flag}: {text!r} is not a positive duration; give a number with s, m or h (90s, 20m, 1.5h)")
+    return seconds
 
 
 def check_run_name(name: str) -> None:

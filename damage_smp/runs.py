@@ -29,7 +29,7 @@ from .rundir import MARKERS
 
 HISTORY_FIELDS = [
     "epoch", "train_loss", "val_loss", "val_miou", "val_damage_miou", "lr", "seconds", "img_per_s",
-    "data_seconds", "peak_mem_mb", "gpu_util", "energy_wh", "energy_source", "frozen",
+    "data_seconds", "peak_mem_mb", "gpu_util", "energy_wh", "energy_source", "frozen", "steps", "planned_steps",
 ]  # fmt: skip
 MAX_DEPTH = 3  # run dirs are found at most this many folders below a given path
 PRETRAIN_MARKER = MARKERS["pretrain"]

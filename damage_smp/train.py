@@ -21,6 +21,7 @@ from rich.console import Console
 
 from . import distributed as ddp
 from . import tblog
+from .budget import TimeBudget, budget_step, epochs, planned_epochs, record_budget, validates
 from .checkpoints import copy_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .console import escape, fmt, progress_bar
@@ -80,6 +81,7 @@ class Run:
     info: dict = field(default_factory=dict)  # model info: weights source, parameter counts (config.json "model")
     console: Console | None = None
     tb: object | None = None  # the SummaryWriter under --tensorboard (rank 0), see tblog
+    budget: TimeBudget | None = None  # --time-budget: the plan that sets total_steps (see budget.py)
 
     @property
     def main(self) -> bool:
@@ -90,7 +92,8 @@ class Run:
             self.console.print(text)
 
     def resume_command(self) -> str:
-        return f"damage-smp train --resume {self.paths.root} --epochs {self.cfg.epochs}"
+        more = f"--time-budget {self.cfg.time_budget}" if self.cfg.time_budget else f"--epochs {self.cfg.epochs}"
+        return f"damage-smp train --resume {self.paths.root} {more}"
 
     @property
     def last_epoch(self) -> int:
@@ -102,14 +105,17 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console |
     """Train a model as cfg says and return its run directory. With ``resume``, continue that run."""
     run = setup(cfg if resume is not None else resolve_init(cfg), resume, console or Console())
     with run_state(run), tblog.writer_for(run):
-        for epoch in range(run.start_epoch, cfg.epochs + 1):
+        for epoch in epochs(run):
             if run.frozen and not is_frozen(cfg, epoch):  # --unfreeze-at: fine-tune the encoder from here on
                 unfreeze(run, epoch)
             seconds, seen, data_s, meter = train_one_epoch(run, epoch)
             val = {"val_loss": math.nan, "val_miou": math.nan, "val_damage_miou": math.nan}
-            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+            if validates(run, epoch):
+                t0 = time.perf_counter()
                 val = validate(run.model, run.val_rows, run.scheme, run.loss_fn, cfg, run.device, run.amp_dtype,
                                shard=(run.rank, run.world), keep=cfg.samples if run.tb is not None else 0)  # fmt: skip
+                if run.budget is not None:
+                    run.budget.validated(time.perf_counter() - t0)
             timing = {"seconds": seconds, "img_per_s": seen / seconds, "data_seconds": data_s}
             record_epoch(run, epoch, val, timing, meter)
             if cfg.patience and run.bad_epochs >= cfg.patience:
@@ -172,7 +178,7 @@ def build_run(cfg, resume, where: Path, scheme, train_rows, val_rows, device, sh
         console.print(f"[yellow]{msg}[/]")
     ckpt = load_checkpoint(paths.checkpoint("last"), map_location="cpu") if resume is not None else None
     start_epoch = ckpt["epoch"] + 1 if ckpt is not None else 1
-    if start_epoch > cfg.epochs:
+    if start_epoch > cfg.epochs and cfg.time_budget is None:
         raise ValueError(f"--resume {paths.root}: already trained {ckpt['epoch']} epochs; give --epochs > that")
     # the optimizer must have the param groups it had when the checkpoint was saved (encoder group or not)
     frozen = is_frozen(cfg, max(1, start_epoch - 1))
@@ -182,7 +188,10 @@ def build_run(cfg, resume, where: Path, scheme, train_rows, val_rows, device, sh
     run.info, run.start_epoch = info, start_epoch
     if ckpt is not None:
         restore(run, ckpt)
-    elif shard[0] == 0:  # a resumable checkpoint from the start: Ctrl-C in epoch 1 loses nothing
+    if cfg.time_budget is not None:
+        run.budget = TimeBudget.from_text(cfg.time_budget, run.step, steps_per_epoch(run), cfg.val_every)
+        run.total_steps = run.budget.total()
+    if ckpt is None and shard[0] == 0:  # a resumable checkpoint from the start: Ctrl-C in epoch 1 loses nothing
         save_checkpoint(paths.checkpoint("last"), checkpoint_state(run, epoch=0))
     return run
 
@@ -209,7 +218,7 @@ def assemble(cfg, paths, scheme, device, model, frozen, train_rows, val_rows, sh
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False) if world > 1 else None
     loader = make_loader(dataset, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, device_type=device.type,
                          sampler=sampler, drop_last=len(dataset) >= cfg.batch_size * world)  # fmt: skip
-    total_steps = max(1, len(loader) // cfg.accum_steps) * cfg.epochs
+    total_steps = max(1, len(loader) // cfg.accum_steps) * cfg.epochs  # --time-budget: set by run.budget instead
     net = wrap_model(model, cfg, device, world)
     return Run(cfg=cfg, paths=paths, scheme=scheme, device=device, model=model, net=net, optimizer=optimizer,
                scaler=scaler, amp_dtype=amp_dtype, loss_fn=loss_fn, dataset=dataset, loader=loader, sampler=sampler,
@@ -251,7 +260,7 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[float, int, float, EnergyMete
     run.net.train()
     t0, data_s, seen, loss_sum, n = time.perf_counter(), 0.0, 0, 0.0, 0
     with progress_bar(run.console, enabled=run.main, fields="loss {task.fields[loss]:.4f}", elapsed=False) as bar:
-        task = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(run.loader), loss=float("nan"))
+        task = bar.add_task(f"epoch {epoch}/{planned_epochs(run)}", total=len(run.loader), loss=float("nan"))
         t_data = time.perf_counter()
         for i, batch in enumerate(run.loader):
             images, masks = to_device(batch, run.device, cfg.channels_last)
@@ -273,10 +282,16 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[float, int, float, EnergyMete
             if i % 10 == 0:
                 meter.sample()
             bar.update(task, advance=1, loss=loss_sum / n)
+            if update and run.budget is not None and budget_step(run):
+                break  # the budget's planned steps are taken: a partial last epoch
             t_data = time.perf_counter()
     run.last_train_loss = reduce_mean(loss_sum, n, run.device)
     seen = int(ddp.all_reduce_sum(torch.tensor([seen], device=run.device)).item())
     return time.perf_counter() - t0, seen, data_s, meter
+
+
+def steps_per_epoch(run: Run) -> int:
+    return max(1, math.ceil(len(run.loader) / run.cfg.accum_steps))
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,6 +345,7 @@ def record_epoch(run: Run, epoch: int, val: dict, timing: dict, meter: EnergyMet
     run.history.append({
         "epoch": epoch, "train_loss": run.last_train_loss, **val, "lr": run.optimizer.param_groups[0]["lr"],
         **timing, "peak_mem_mb": peak_memory_mb(run.device), **meter.result(), "frozen": run.frozen,
+        "steps": run.step, "planned_steps": run.total_steps,
     })  # fmt: skip
     improved = not math.isnan(score) and score > run.best_score
     if improved:
@@ -347,7 +363,7 @@ def record_epoch(run: Run, epoch: int, val: dict, timing: dict, meter: EnergyMet
     write_csv(paths.history, run.history, HISTORY_FIELDS)
     save_curves(run.history, paths.curves, title=paths.root.name)
     tblog.log_epoch(run, **extras)
-    run.say(epoch_summary(run.history[-1], run.cfg.epochs, improved))
+    run.say(epoch_summary(run.history[-1], planned_epochs(run), improved))
 
 
 def finish(run: Run) -> None:
@@ -355,6 +371,8 @@ def finish(run: Run) -> None:
     paths = run.paths
     if not paths.checkpoint("best").exists():
         copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
+    if run.budget is not None:
+        record_budget(run)
     save_samples(paths, run.val_rows, run.scheme, run.cfg, run.device)
     tune_thresholds(paths, run.val_rows, run.scheme, run.cfg, run.device, run.say)  # thresholds.json
     write_state(paths.state, "finished", run.last_epoch)

@@ -48,8 +48,9 @@ def train(
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue this run dir up to --epochs in total (only settings marked resumable "
-            "may change: --epochs, --device, --num-workers, --patience, --compile, --tensorboard)."
+            help="Continue this run dir up to --epochs in total, or for a new --time-budget (only settings marked "
+            "resumable may change: --epochs, --time-budget, --device, --num-workers, --patience, --compile, "
+            "--tensorboard)."
         ),
     ] = None,
     **settings,

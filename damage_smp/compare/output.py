@@ -37,9 +37,10 @@ class CompareResult:
 
 # ============================================================================================ tables
 RUN_COLUMNS = ["name", "status", "arch", "encoder", "weights", "weights_path", "schedule", "train_fraction", "seed",
-               "labels", "manifest", "epochs", "epochs_run", "params_trainable", "params_total", "train_time_s",
-               "img_per_s", "peak_mem_mb", "energy_wh", "energy_source", "best_val", *SUMMARY_COLUMNS, "metric",
-               "baseline", "delta", "ci_low", "ci_high", "n_images", "checkpoint", "group", "path", "note"]  # fmt: skip
+               "labels", "manifest", "epochs", "epochs_run", "time_budget", "steps", "params_trainable",
+               "params_total", "train_time_s", "img_per_s", "peak_mem_mb", "energy_wh", "energy_source", "best_val",
+               *SUMMARY_COLUMNS, "metric", "baseline", "delta", "ci_low", "ci_high", "n_images", "checkpoint", "group",
+               "path", "note"]  # fmt: skip
 
 
 def runs_frame(runs: list[dict]) -> pd.DataFrame:
@@ -84,6 +85,15 @@ def params(row: dict) -> str:
     return f"{t / 1e6:.2f}M / {n / 1e6:.2f}M"
 
 
+def epochs_cell(row: dict) -> str:
+    """'run/planned' epochs; under --time-budget also the budget and the optimizer steps it became."""
+    cell = f"{fmt(row['epochs_run'], '.0f')}/{fmt(row['epochs'], '.0f')}"
+    budget = row.get("time_budget")
+    if isinstance(budget, str) and budget:
+        cell += f" in {budget} ({fmt(row.get('steps'), '.0f')} steps)"
+    return cell
+
+
 def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     """Headers and cells of the run table and the group table (shared by the terminal and compare.md)."""
     m = result.metric
@@ -94,7 +104,7 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]], list[
     for r in result.runs.to_dict("records"):
         rows.append([
             r["name"], r["status"], fmt(r["weights"]), fmt(r["schedule"]), fmt(r["train_fraction"], "g"),
-            fmt(r["seed"], ".0f"), params(r), f"{fmt(r['epochs_run'], '.0f')}/{fmt(r['epochs'], '.0f')}",
+            fmt(r["seed"], ".0f"), params(r), epochs_cell(r),
             fmt(r["train_time_s"], ".0f"), fmt(r["img_per_s"], ".1f"), fmt(r["peak_mem_mb"], ".0f"),
             energy(r), fmt(r["best_val"]), fmt(r["miou"]), fmt(r["damage_miou"]),
             fmt(r["damage_f1"]), "baseline" if r["baseline"] == r["name"] else fmt(r["delta"], "+.3f"), ci(r),

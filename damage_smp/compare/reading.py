@@ -119,7 +119,7 @@ def _settings(row: dict, private: dict, config: dict | None, env: dict | None, p
         seed=cfg.get("seed", math.nan),
         labels=scheme.get("name", cfg.get("labels", "")),
         manifest=cfg.get("manifest", ""),
-        epochs=cfg.get("epochs", math.nan),
+        **_epochs(cfg, (config or {}).get("budget")),
         params_trainable=model.get("params_trainable_at_start", math.nan),
         params_total=model.get("params_total", math.nan),
     )
@@ -129,6 +129,15 @@ def _settings(row: dict, private: dict, config: dict | None, env: dict | None, p
     private["damage_idx"] = [i for i, c in enumerate(classes) if isinstance(c, dict) and c.get("damage", True)
                              and c.get("name") not in (scheme.get("clean"), scheme.get("background"))]  # fmt: skip
     return scheme
+
+
+def _epochs(cfg: dict, budget) -> dict:
+    """Planned epochs, and under --time-budget the budget and what it became (config.json's last "budget" entry)."""
+    if not cfg.get("time_budget"):
+        return {"epochs": cfg.get("epochs", math.nan), "time_budget": "", "steps": math.nan}
+    last = budget[-1] if isinstance(budget, list) and budget and isinstance(budget[-1], dict) else {}
+    return {"epochs": to_float(last.get("epochs")), "time_budget": str(last.get("time_budget", cfg["time_budget"])),
+            "steps": to_float(last.get("steps"))}  # fmt: skip
 
 
 def _cost(history: list[dict]) -> dict:
