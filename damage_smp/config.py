@@ -90,6 +90,8 @@ class TrainConfig:
     """smp encoder name or 'tu-<timm name>'."""
     encoder_weights: str = "imagenet"
     """imagenet, none (random init, the scratch baseline) or a path to an encoder state dict."""
+    init_from: str | None = None
+    """A `damage-smp pretrain` run dir: encoder and decoder start from its weights (the segmentation head is new)."""
     freeze_encoder: bool = setting(False, flag="--freeze-encoder/--finetune-encoder")
     """Keep encoder weights and BatchNorm statistics fixed (a frozen ImageNet feature extractor)."""
     unfreeze_at: int | None = None
@@ -195,7 +197,9 @@ class TrainConfig:
             bad("unfreeze_at", f"must be an epoch >= 1, got {self.unfreeze_at}")
         if self.unfreeze_at is not None and not self.freeze_encoder:
             bad("unfreeze_at", "only makes sense with --freeze-encoder")
-        if self.freeze_encoder and self.encoder_weights == "none":
+        if self.init_from is not None and self.weights_kind == "path":
+            bad("init_from", "takes encoder and decoder from the pre-train run; drop --encoder-weights PATH")
+        if self.freeze_encoder and self.encoder_weights == "none" and self.init_from is None:
             bad("freeze_encoder", "a frozen random encoder learns nothing; use --encoder-weights imagenet or PATH")
         if not 0 <= self.aug_strength <= 2:
             bad("aug_strength", f"must be in [0, 2], got {self.aug_strength}")
@@ -218,7 +222,8 @@ class TrainConfig:
         frozen = "frozen" if self.freeze_encoder else "finetune"
         if self.freeze_encoder and self.unfreeze_at:
             frozen = f"frozen{self.unfreeze_at}"
-        parts = [self.arch.lower(), self.encoder.replace("/", "_"), self.weights_kind, frozen]
+        weights = "pretrain" if self.init_from else self.weights_kind
+        parts = [self.arch.lower(), self.encoder.replace("/", "_"), weights, frozen]
         if self.train_fraction < 1:
             parts.append(f"frac{self.train_fraction:g}")
         parts += [f"s{self.seed}", date]

@@ -253,8 +253,9 @@ def pad_to_multiple(image: np.ndarray, mask: np.ndarray, multiple: int) -> tuple
 
 
 def memory_cost(array: np.ndarray) -> int:
-    """Bytes an array holds in this process's memory: 0 for a memory map (the page cache holds it, shared)."""
-    return 0 if isinstance(array, np.memmap) else array.nbytes
+    """Bytes an array holds in this process's memory: 0 for a memory map (the page cache holds it, shared) and for
+    a broadcast view (a stride of 0: one value standing for many, e.g. pre-training's all-zero masks)."""
+    return 0 if isinstance(array, np.memmap) or (array.size and 0 in array.strides) else array.nbytes
 
 
 def warm_cache(dataset: SegmentationDataset, threads: int = 2) -> float:

@@ -20,6 +20,7 @@ from torch import nn
 from .checkpoints import CheckpointError, load_checkpoint
 from .config import ARCHS, TrainConfig, check_arch
 from .labels import LabelScheme
+from .pretrained import encoder_file_info, load_pretrained_net
 from .runs import RunPaths, read_run_config, sha256_file
 from .system import resolve_device
 from .weights import (
@@ -97,7 +98,7 @@ def build_model(cfg: TrainConfig, num_classes: int, load_weights: bool = True) -
     arch_key = cfg.arch.lower()
     encoder = cfg.encoder
     check_encoder_name(encoder)
-    kind = cfg.weights_kind if load_weights else "none"
+    kind = ("pretrain" if cfg.init_from else cfg.weights_kind) if load_weights else "none"
     net, (mean, std), weights_info, messages = _net_with_weights(arch_key, cfg, kind, num_classes)
     model = DamageModel(net, [m * 255 for m in mean], [s * 255 for s in std], MIN_INPUT.get(arch_key, 32))
     for msg in messages:
@@ -135,6 +136,10 @@ def _net_with_weights(
     elif kind == "path":
         net = create_net(arch_key, encoder, None, num_classes)
         return net, *_load_path_weights(net.encoder, Path(cfg.encoder_weights).expanduser().resolve(), encoder, info)
+    elif kind == "pretrain":  # train --init-from: encoder and decoder of a pre-train run, a new head
+        net = create_net(arch_key, encoder, None, num_classes)
+        normalisation, loaded = load_pretrained_net(net, cfg.init_from, arch_key, encoder)
+        return net, normalisation, info | loaded, []
     else:
         net = create_net(arch_key, encoder, None, num_classes)
     # after create_pretrained_net: smp encoders keep mean/std in the config.json it has just cached
@@ -146,11 +151,12 @@ def _load_path_weights(
 ) -> tuple[tuple[tuple, tuple], dict, list[str]]:
     """--encoder-weights PATH into the encoder -> ((mean, std), weights info, warnings); a damage-smp checkpoint's
     own normalisation wins over the encoder's default."""
+    pretrain = encoder_file_info(path, encoder)  # DIR/encoder.pt of a pre-train run: same encoder, recorded
     report = load_encoder_file(encoder_module, path)
     mean, std = default_normalisation(encoder)
     mean, std = report.pop("mean", None) or mean, report.pop("std", None) or std
     info = info | {"weights_source": f"path:{path}", "weights_sha256": sha256_file(path), "weights_file": str(path),
-                   **report}  # fmt: skip
+                   **report, **pretrain}  # fmt: skip
     messages = []
     if report["weights_missing"] or report["weights_unexpected"]:
         messages.append(

@@ -59,8 +59,9 @@ def save_sample(
     write_image(path, row, quality=90)
 
 
-def save_curves(history: list[dict], path: str | Path, title: str = "") -> None:
-    """Loss and validation mIoU per epoch."""
+def save_curves(history: list[dict], path: str | Path, title: str = "", loss_label: str = "Dice + CE loss",
+                val_label: str = "val", scores: bool = True) -> None:  # fmt: skip
+    """Loss and validation mIoU per epoch (``scores=False``: the loss alone, e.g. pre-training)."""
     epochs = [int(r["epoch"]) for r in history]
 
     def col(key):
@@ -68,15 +69,16 @@ def save_curves(history: list[dict], path: str | Path, title: str = "") -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     ax1.plot(epochs, col("train_loss"), marker="o", label="train")
-    ax1.plot(epochs, col("val_loss"), marker="o", label="val")
+    ax1.plot(epochs, col("val_loss"), marker="o", label=val_label)
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("Dice + CE loss")
+    ax1.set_ylabel(loss_label)
     ax1.legend()
     ax2.plot(epochs, col("val_miou"), marker="o", label="mIoU (all classes)")
     ax2.plot(epochs, col("val_damage_miou"), marker="o", label="mIoU (damage classes)")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation")
     ax2.legend()
+    ax2.set_visible(scores)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -25,6 +25,7 @@ MARKERS = {  # file that identifies each kind of folder damage-smp writes
     "predict": "predict.json",
     "compare": "compare.json",
     "pseudo": "pseudo.json",
+    "pretrain": "pretrain.json",  # beside its config.json, which has no "train" entry (so it is no "run")
 }
 
 
@@ -92,13 +93,14 @@ class RunDirClaim:
 
     target: Path
     path: Path
+    kind: str = "run"  # what kind_of says of target: a pretrain run replaces only a pretrain run
 
     def commit(self) -> Path:
         """The staging folder takes the run's name; a run it replaces goes only now."""
         if self.path == self.target:
             return self.target
         (self.path / STAGING_MARK).unlink()
-        return swap_into_place(self.path, self.target, "run")
+        return swap_into_place(self.path, self.target, self.kind)
 
     def abandon(self) -> None:
         """Set-up failed: remove the staging folder (never the target, never a resumed run)."""
@@ -114,8 +116,13 @@ def claim_run_dir(cfg: TrainConfig, resume: str | Path | None) -> RunDirClaim:
         return RunDirClaim(Path(resume), Path(resume))
     name = cfg.name or cfg.auto_name(dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_run_name(name)
-    target = Path(cfg.out_dir) / name
-    check_target(target, cfg.overwrite)
+    return claim_new_dir(Path(cfg.out_dir) / name, cfg.overwrite)
+
+
+def claim_new_dir(target: Path, overwrite: bool, kind: str = "run") -> RunDirClaim:
+    """A staging folder ``.NAME.partial`` beside ``target``, which must be free, replaceable or --overwrite'n."""
+    check_target(target, overwrite, kind)
+    name = target.name
     staging = target.with_name(f".{name}.partial")
     if staging.exists():  # left by a set-up that was killed (a live one would have finished in seconds)
         if not _is_staging(staging):
@@ -123,7 +130,7 @@ def claim_run_dir(cfg: TrainConfig, resume: str | Path | None) -> RunDirClaim:
         shutil.rmtree(staging)
     (staging / "checkpoints").mkdir(parents=True)
     atomic_write_bytes(staging / STAGING_MARK, f"{os.getpid()}\n".encode())
-    return RunDirClaim(target, staging)
+    return RunDirClaim(target, staging, kind)
 
 
 def remove_stale_temps(run_dir: Path) -> None:
@@ -134,21 +141,24 @@ def remove_stale_temps(run_dir: Path) -> None:
                 entry.unlink()
 
 
-def check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: Path, overwrite: bool, kind: str = "run") -> None:
     """A new run's place must be free, a run that never got a checkpoint, or a run replaced with --overwrite."""
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return
-    if kind_of(target) != "run":
+    if kind_of(target) != kind:
+        what = "run" if kind == "run" else f"{kind} run"
+        where = "--name or --out-dir" if kind == "run" else "--out"
         raise FileExistsError(
-            f"{target} exists and is not a damage-smp run directory; it is never replaced (not even with "
-            "--overwrite): choose another --name or --out-dir, or move it away"
+            f"{target} exists and is not a damage-smp {what} directory; it is never replaced (not even with "
+            f"--overwrite): choose another {where}, or move it away"
         )
     if not (target / "checkpoints" / "last.pt").is_file():
         return  # a run that failed before its first checkpoint holds nothing to keep: replaced
     if not overwrite:
+        again = f"--resume {target}" if kind == "run" else f"--out {target} --resume"
         raise FileExistsError(
-            f"{target} already exists; choose another --name, continue it with --resume {target}, "
-            "or replace it with --overwrite (the old run is removed only once the new one has started)"
+            f"{target} already exists; choose another {'--name' if kind == 'run' else '--out'}, continue it with "
+            f"{again}, or replace it with --overwrite (the old run is removed only once the new one has started)"
         )
 
 

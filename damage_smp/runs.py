@@ -25,12 +25,14 @@ from pathlib import Path
 from .config import CONFIG_VERSION, TrainConfig
 from .images import atomic_write_bytes
 from .labels import LabelScheme
+from .rundir import MARKERS
 
 HISTORY_FIELDS = [
     "epoch", "train_loss", "val_loss", "val_miou", "val_damage_miou", "lr", "seconds", "img_per_s",
     "data_seconds", "peak_mem_mb", "gpu_util", "energy_wh", "energy_source", "frozen",
 ]  # fmt: skip
 MAX_DEPTH = 3  # run dirs are found at most this many folders below a given path
+PRETRAIN_MARKER = MARKERS["pretrain"]
 SKIP_DIRS = {"checkpoints", "samples", "compare", "__pycache__"}  # never hold run dirs (a run's own, compare's out)
 
 
@@ -200,7 +202,44 @@ def write_run_config(
 
 # ------------------------------------------------------------------------------------------ discovery
 def is_run_dir(path: str | Path) -> bool:
-    return (Path(path) / "config.json").is_file()
+    """A training run (config.json); a pre-train run (config.json beside pretrain.json) is not one."""
+    return (Path(path) / "config.json").is_file() and not (Path(path) / PRETRAIN_MARKER).is_file()
+
+
+# ------------------------------------------------------------------------------------------ pre-train runs
+def read_pretrain(folder: str | Path, flag: str = "--init-from") -> dict:
+    """A finished ``damage-smp pretrain`` run's pretrain.json (arch, encoder, init, ...) plus ``run`` (its path);
+    ValueError naming ``flag`` when the folder is not one or has no model.pt yet."""
+    folder = Path(folder).expanduser()
+    marker = folder / PRETRAIN_MARKER
+    if not marker.is_file():
+        raise ValueError(
+            f"{flag} {folder}: not a pre-train run (no {PRETRAIN_MARKER}); give a folder made by "
+            "`damage-smp pretrain INPUTS --out DIR`"
+        )
+    data = read_json(marker)
+    if not (folder / "model.pt").is_file():
+        raise ValueError(
+            f"{flag} {folder}: the pre-train run has not finished (no model.pt); continue it with "
+            f"`damage-smp pretrain --out {folder} --resume`"
+        )
+    return {**data, "run": str(folder.resolve())}
+
+
+def describe_init(train: TrainConfig | dict, model_info: dict | None = None) -> str:
+    """How a run's weights started, for tables: imagenet, none, path:FILE, pretrain:NAME, imagenet+pretrain:NAME
+    (encoder and decoder from a pre-train run that itself started from ImageNet) or ...pretrain-encoder:NAME
+    (--encoder-weights PRETRAIN_DIR/encoder.pt). ``train`` is config.json's "train" (or the TrainConfig),
+    ``model_info`` its "model" entry, which names the pre-train run even after it moved."""
+    settings = train.to_dict() if isinstance(train, TrainConfig) else dict(train)
+    pre = (model_info or {}).get("pretrain") or {}
+    weights = str(settings.get("encoder_weights", "imagenet"))
+    if settings.get("init_from") or pre:
+        name = Path(pre.get("run") or settings.get("init_from") or weights).name
+        label = "pretrain-encoder" if pre.get("part") == "encoder" else "pretrain"
+        init = pre.get("init", weights)
+        return f"imagenet+{label}:{name}" if init == "imagenet" else f"{label}:{name}"
+    return weights if weights in ("imagenet", "none") else f"path:{Path(weights).name}"
 
 
 def walk_run_tree(root: Path) -> Iterator[tuple[Path, int, list[str]]]:

@@ -163,4 +163,5 @@ def environment(manifest: Path, device: torch.device, info: dict, world: int) ->
         "manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
         "weights_source": info.get("weights_source"),
         "weights_sha256": info.get("weights_sha256"),
+        "pretrain": info.get("pretrain"),  # the pre-train run (--init-from, DIR/encoder.pt), its init and sha256
     }

@@ -21,29 +21,26 @@ from rich.console import Console
 
 from . import distributed as ddp
 from . import tblog
-from .checkpoints import checkpoint_write_error, copy_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import copy_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .console import escape, fmt, progress_bar
 from .data import SegmentationDataset, class_pixel_counts, make_loader, train_transform
 from .decode_cache import default_decode_cache
-from .images import WriteError
 from .labels import LabelScheme, resolve_scheme
 from .losses import DiceCELoss, class_weights_from_counts
 from .manifest import check_leakage, load_manifest, split_rows
 from .memory import check_step_fits
 from .models import build_model, count_params, encoder_param_group, param_groups, set_encoder_frozen
 from .plots import save_curves
+from .pretrained import resolve_init
 from .rng import get_rng_state, set_rng_state
 from .rundir import RunDirClaim, claim_run_dir
 from .runs import HISTORY_FIELDS, RunPaths, write_csv, write_json, write_run_config, write_state
+from .runstate import TrainingStopped, run_state
 from .schedule import lr_factor, set_lr
 from .selftrain import PseudoSet, load_pseudo
 from .system import EnergyMeter, environment, peak_memory_mb, resolve_amp, resolve_device
 from .validation import save_samples, validate
-
-
-class TrainingStopped(ValueError):
-    """Training ended early for a reason the user must act on (NaN loss, out of memory)."""
 
 
 @dataclass
@@ -86,6 +83,9 @@ class Run:
         if self.main and self.console is not None:
             self.console.print(text)
 
+    def resume_command(self) -> str:
+        return f"damage-smp train --resume {self.paths.root} --epochs {self.cfg.epochs}"
+
     @property
     def last_epoch(self) -> int:
         return self.history[-1]["epoch"] if self.history else self.start_epoch - 1
@@ -94,7 +94,7 @@ class Run:
 # ============================================================================================ entry point
 def train(cfg: TrainConfig, resume: str | Path | None = None, console: Console | None = None) -> Path:
     """Train a model as cfg says and return its run directory. With ``resume``, continue that run."""
-    run = setup(cfg, resume, console or Console())
+    run = setup(cfg if resume is not None else resolve_init(cfg), resume, console or Console())
     with run_state(run), tblog.writer_for(run):
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             if run.frozen and not is_frozen(cfg, epoch):  # --unfreeze-at: fine-tune the encoder from here on
@@ -358,45 +358,6 @@ def finish(run: Run) -> None:
         copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
     save_samples(paths, run.val_rows, run.scheme, run.cfg, run.device)
     write_state(paths.state, "finished", run.last_epoch)
-
-
-@contextlib.contextmanager
-def run_state(run: Run):
-    """state.json says running while the loop runs, and why it stopped on every way out; errors say what is kept."""
-    if run.main:
-        write_state(run.paths.state, "running", run.start_epoch - 1)
-    last = run.paths.checkpoint("last")
-    try:
-        yield
-    except KeyboardInterrupt:
-        note_state(run, "interrupted", "Ctrl-C")
-        run.say(f"[yellow]interrupted; continue with: damage-smp train --resume {run.paths.root} "
-                f"--epochs {run.cfg.epochs}[/]")  # fmt: skip
-        raise
-    except torch.OutOfMemoryError:
-        msg = (
-            f"out of memory at batch size {run.cfg.batch_size}, crop {run.cfg.crop_size}; use a smaller --batch-size "
-            f"or --crop-size (and --accum-steps to keep the effective batch); {last} is kept"
-        )
-        note_state(run, "failed", msg)
-        raise TrainingStopped(msg) from None
-    except WriteError as e:  # a full disk: say what is kept and how to go on (rerunning would start over)
-        note_state(run, "failed", str(e))
-        if "--resume" in str(e):
-            raise
-        raise checkpoint_write_error(e.target or last, e, last) from e
-    except Exception as e:
-        note_state(run, "failed", str(e))
-        raise
-    finally:
-        ddp.barrier()
-
-
-def note_state(run: Run, status: str, reason: str) -> None:
-    """state.json on the way out of a failure: a full disk must not hide the error that stopped the run."""
-    if run.main:
-        with contextlib.suppress(OSError):
-            write_state(run.paths.state, status, run.last_epoch, reason)
 
 
 # ============================================================================================ small pieces

@@ -328,6 +328,8 @@ def load_encoder_file(encoder: nn.Module, path: Path) -> dict:
     timm encoders whose keys start with ``model.``, a raw timm state dict; the best-fitting variant wins.
     """
     sd = read_weights_file(path)
+    # a damage-smp file (a checkpoint, a pre-train run's encoder.pt) carries its normalisation (0–255 scale)
+    norm = {k: sd.pop(k) for k in ("mean", "std") if k in sd and sd[k].numel() == 3}
     target = encoder.state_dict()
     best: tuple[int, dict] = (0, {})
     for prefix in _PREFIXES:
@@ -347,8 +349,7 @@ def load_encoder_file(encoder: nn.Module, path: Path) -> dict:
     encoder.load_state_dict(usable, strict=False)
     report = {"weights_loaded": len(usable), "weights_missing": len(set(target) - set(usable)),
               "weights_unexpected": len(mapped) - len(usable)}  # fmt: skip
-    # a damage-smp checkpoint carries its normalisation: keep it for the transferred encoder
-    if sd.get("mean") is not None and sd["mean"].numel() == 3 and sd.get("std") is not None:
-        report["mean"] = tuple(float(m) / 255 for m in sd["mean"].flatten())
-        report["std"] = tuple(float(s) / 255 for s in sd["std"].flatten())
+    if len(norm) == 2:  # keep it for the transferred encoder
+        report["mean"] = tuple(float(m) / 255 for m in norm["mean"].flatten())
+        report["std"] = tuple(float(s) / 255 for s in norm["std"].flatten())
     return report

@@ -176,3 +176,47 @@ def test_per_sample_weight_counts_a_sample_w_times():
     assert loss(logits, target, torch.tensor([2.0, 1.0, 1.0])).item() == pytest.approx(doubled.item(), rel=1e-5)
     all_ignored = torch.full((3, 16, 16), IGNORE_INDEX)
     assert loss(logits, all_ignored, torch.full((3,), 0.5)).item() == 0.0
+
+
+def test_compare_lists_the_arms_with_init_and_self_training(tmp_path):
+    from test_compare import make_run
+
+    from damage_smp.compare import compare
+
+    root = tmp_path / "study"
+    arms = {  # name: (encoder_weights, quality, config edits, model-info edits, self-training)
+        "scratch": ("none", 0.5, {}, {}, None),
+        "imagenet": ("imagenet", 0.7, {}, {}, None),
+        "pt-scratch": ("none", 0.6, {"init_from": "/pre/pt"}, {"pretrain": {"run": "/pre/pt", "init": "none"}}, None),
+        "pt-imagenet": ("imagenet", 0.72, {"init_from": "/pre/pt-in"},
+                        {"pretrain": {"run": "/pre/pt-in", "init": "imagenet"}}, None),
+        "student": ("imagenet", 0.75, {}, {}, 1),
+    }  # fmt: skip
+    for name, (weights, quality, edits, info, st) in arms.items():
+        for seed in (0, 1):
+            run = make_run(root, f"{name}-s{seed}", weights=weights, seed=seed, quality=quality)
+            config = json.loads((run / "config.json").read_text())
+            config["train"].update(edits)
+            config["model"].update(info)
+            if st:  # each seed's student learnt from the same seed's teacher, through its own pseudo folder
+                config["train"]["pseudo"] = f"/pseudo/s{seed}"
+                teacher = {**config["train"], "seed": seed, "name": f"imagenet-s{seed}", "pseudo": None}
+                config["self_training"] = {"round": 1, "teacher_name": f"imagenet-s{seed}", "threshold": 0.9,
+                                           "weight": 1.0, "tta": False, "checkpoint": "best",
+                                           "teacher_config": teacher}  # fmt: skip
+            (run / "config.json").write_text(json.dumps(config))
+    result = compare([root], out=tmp_path / "cmp", plots=False)
+    runs = result.runs.set_index("name")
+    assert runs.loc["scratch-s0", "init"] == "none" and runs.loc["imagenet-s1", "init"] == "imagenet"
+    assert runs.loc["pt-scratch-s0", "init"] == "pretrain:pt"
+    assert runs.loc["pt-imagenet-s0", "init"] == "imagenet+pretrain:pt-in"
+    assert runs.loc["student-s1", "self_training"] == "round 1 ← imagenet-s1 (t 0.9, w 1.0)"
+    assert runs.loc["student-s1", "round"] == 1 and runs.loc["imagenet-s1", "round"] == 0
+    groups = result.groups.set_index("init")
+    assert len(result.groups) == 5  # every arm is one seed group, students of two teachers included
+    assert set(result.groups["baseline"]) == {"scratch (seeds 0,1)"}  # a pre-trained random init is no baseline
+    student = result.groups[result.groups["self_training"] != ""].iloc[0]
+    assert student["n"] == 2 and student["delta"] > 0 and student["ci_low"] > 0
+    assert groups.loc["pretrain:pt", "delta"] == pytest.approx(0.1, abs=0.05)
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| run | status | init | self-training |" in md and "round 1 ← imagenet-s0" in md

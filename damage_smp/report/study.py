@@ -26,7 +26,8 @@ MAX_SAMPLES = 6  # sample overlays shown per run
 WIDE = ' class="wide"'  # a figure spanning the whole row (the per-class bars are wide)
 RUN_COLUMNS = [  # (header, compare.csv column, format)
     ("status", "status", ""),
-    ("weights", "weights", ""),
+    ("init", "init", ""),
+    ("self-training", "self_training", ""),
     ("schedule", "schedule", ""),
     ("train frac.", "train_fraction", "g"),
     ("seed", "seed", ".0f"),
@@ -116,7 +117,7 @@ def cell(row: dict, col: str, spec: str) -> str:
     return f'<td{cls} data-col="{esc(col)}" data-value="{esc(raw)}">{esc(text)}</td>'
 
 
-SETTING_COLUMNS = {"status", "weights", "schedule", "train_fraction", "seed", "epochs_run", "img_per_s"}
+SETTING_COLUMNS = {"status", "init", "self_training", "schedule", "train_fraction", "seed", "epochs_run", "img_per_s"}
 
 
 def runs_table(rows: list[dict], metric: str, best: str | None) -> str:
@@ -179,14 +180,16 @@ def groups_table(groups: list[dict], metric: str) -> str:
             f'<td class="num" data-col="{c}" data-value="{esc(g.get(c, ""))}">{esc(pm(parsed, c, s))}</td>'
             for _, c, s in cols
         )
+        arm = f"<td>{esc(g.get('init') or '—')}</td><td>{esc(g.get('self_training') or '—')}</td>"
         body.append(
             f'<tr data-name="{esc(g["name"])}"><th scope="row">{esc(g["name"])}</th><td>{esc(g["row_type"])}</td>'
-            f'<td class="num">{esc(g.get("n", ""))}</td>{cells}</tr>'
+            f'<td class="num">{esc(g.get("n", ""))}</td>{arm}{cells}</tr>'
         )
     return (
         f'<div class="scroll"><table class="data sortable" id="compare-groups"><caption>Seed and '
         f'fold groups: mean ± std (n)</caption><thead><tr><th scope="col">group</th><th scope="col">kind</th>'
-        f'<th scope="col">n</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+        f'<th scope="col">n</th><th scope="col">init</th><th scope="col">self-training</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -242,6 +245,8 @@ def run_section(
     facts = [
         ("architecture", f"{row.get('arch', '')} / {row.get('encoder', '')}"),
         ("encoder weights", row.get("weights_path") or row.get("weights", "")),
+        ("initialisation", row.get("init", "")),
+        ("self-training", row.get("self_training", "")),
         ("schedule", row.get("schedule", "")),
         ("train fraction", row.get("train_fraction", "")),
         ("seed", row.get("seed", "")),
