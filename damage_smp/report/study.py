@@ -242,24 +242,7 @@ def run_section(
     run_scheme = config.get("label_scheme") or scheme or {}
     colours = {c.get("name"): c.get("color", "#888888") for c in run_scheme.get("classes", [])}
     metrics = (read_json_lenient(run_dir / "metrics.json")[0] or {}).get(split) or {}
-    facts = [
-        ("architecture", f"{row.get('arch', '')} / {row.get('encoder', '')}"),
-        ("encoder weights", row.get("weights_path") or row.get("weights", "")),
-        ("initialisation", row.get("init", "")),
-        ("self-training", row.get("self_training", "")),
-        ("schedule", row.get("schedule", "")),
-        ("train fraction", row.get("train_fraction", "")),
-        ("seed", row.get("seed", "")),
-        ("epochs", f"{fmt(_num(row.get('epochs_run')), '.0f')} of {fmt(_num(row.get('epochs')), '.0f')}"),
-        ("training time", f"{fmt(_num(row.get('train_time_s')), '.0f')} s"),
-        (
-            "parameters",
-            f"{fmt(_num(row.get('params_trainable')), ',.0f')} trainable of "
-            f"{fmt(_num(row.get('params_total')), ',.0f')}",
-        ),
-        ("manifest", row.get("manifest", "")),
-        ("run directory", str(run_dir)),
-    ]
+    facts = run_facts(row, run_dir)
     if row.get("note"):
         facts.append(("note", row["note"]))
     dl = "".join(f"<dt>{esc(a)}</dt><dd>{esc(b)}</dd>" for a, b in facts if b not in ("", None))
@@ -295,6 +278,28 @@ def run_section(
         f'{esc(row["name"])}<span class="meta">{esc(row.get("status", ""))} · score {esc(score)}'
         f'{" · best" if best else ""}</span></summary><div class="inner">{"".join(parts)}</div></details>'
     )
+
+
+def run_facts(row: dict, run_dir: Path) -> list[tuple[str, str]]:
+    """The settings list of a run section: architecture, initialisation, self-training, budget, paths."""
+    return [
+        ("architecture", f"{row.get('arch', '')} / {row.get('encoder', '')}"),
+        ("encoder weights", row.get("weights_path") or row.get("weights", "")),
+        ("initialisation", row.get("init", "")),
+        ("self-training", row.get("self_training", "")),
+        ("schedule", row.get("schedule", "")),
+        ("train fraction", row.get("train_fraction", "")),
+        ("seed", row.get("seed", "")),
+        ("epochs", f"{fmt(_num(row.get('epochs_run')), '.0f')} of {fmt(_num(row.get('epochs')), '.0f')}"),
+        ("training time", f"{fmt(_num(row.get('train_time_s')), '.0f')} s"),
+        (
+            "parameters",
+            f"{fmt(_num(row.get('params_trainable')), ',.0f')} trainable of "
+            f"{fmt(_num(row.get('params_total')), ',.0f')}",
+        ),
+        ("manifest", row.get("manifest", "")),
+        ("run directory", str(run_dir)),
+    ]
 
 
 def iou_bars(per_class: list[dict], colours: dict) -> str:
