@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
+import re
 import shlex
 import time
 from dataclasses import asdict, dataclass, replace
@@ -65,15 +67,16 @@ class Protocol:
     size: str = "256x192"
     labelled: float = 0.10  # share of the training images that keep their masks
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 8
-    samples: int = 96  # crops per epoch: the budget is epochs x samples crops, for every arm
+    epochs: int = 10
+    samples: int = 128  # crops per epoch: the budget is epochs x samples crops, for every arm
     crop: int = 128
     batch: int = 8
     val_every: int = 2
-    pretrain_epochs: int = 8
+    pretrain_epochs: int = 10
     pretrain_samples: int = 128
     threshold: float = 0.9
     pseudo_weight: float = 1.0
+    threads: int = 2  # torch threads; 1 on a machine busy with other work (2 threads then spin against the load)
     reduced: str = ""  # why this is less than the full protocol (printed in the doc)
 
 
@@ -193,12 +196,14 @@ def summarise(b: Bench, files, seeds_done: list[int]) -> dict:
         members = [f"{arm}-s{s}" for s in seeds_done]
         row = groups.get(frozenset(members)) or runs.loc[members[0]].to_dict()
         values = [float(runs.loc[m, "metric"]) for m in members]
+        deltas = runs.loc[members, "delta"].astype(float)  # each seed's run − the scratch seeds' mean
         arms.append({
-            "arm": arm, "init": runs.loc[members[0], "init"], "self_training": runs.loc[members[0], "self_training"],
+            "arm": arm, "init": runs.loc[members[0], "init"],
+            "self_training": re.sub(r"-s\d+ ", "-s<seed> ", str(runs.loc[members[0], "self_training"])),
             "n": len(members), "damage_miou": values, "mean": float(pd.Series(values).mean()),
             "std": float(pd.Series(values).std()) if len(values) > 1 else None,
             "delta": None if arm == "scratch" else float(row["delta"]),
-            "delta_std": None if arm == "scratch" or len(values) < 2 else float(row.get("delta_std", float("nan"))),
+            "delta_std": None if arm == "scratch" or len(values) < 2 else float(deltas.std()),
             "ci": None if arm == "scratch" else [float(row["ci_low"]), float(row["ci_high"])],
             "train_s": float(runs.loc[members, "train_time_s"].astype(float).mean()),
             "miou": float(runs.loc[members, "miou"].astype(float).mean()),
@@ -291,7 +296,7 @@ def parse(argv=None) -> Protocol:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke test of the protocol (minutes, not a measurement)")
     ap.add_argument("--seeds", help="comma list, e.g. 0,1,2")
-    for name in ("epochs", "samples", "pretrain-epochs", "pretrain-samples", "n"):
+    for name in ("epochs", "samples", "pretrain-epochs", "pretrain-samples", "n", "threads", "val-every"):
         ap.add_argument(f"--{name}", type=int)
     ap.add_argument("--reduced", default="", help="why the protocol is smaller than the default (goes in the doc)")
     args = ap.parse_args(argv)
@@ -307,9 +312,11 @@ def parse(argv=None) -> Protocol:
 
 def main(argv=None) -> None:
     p = parse(argv)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(p.threads)
     console = Console()
-    out = SCRATCH / ("quick" if p == QUICK or p.reduced.startswith("--quick") else "full")
+    budget = {k: v for k, v in asdict(p).items() if k not in ("seeds", "threads", "reduced")}
+    key = hashlib.sha1(json.dumps(budget, sort_keys=True).encode()).hexdigest()[:8]
+    out = SCRATCH / f"protocol-{key}"  # finished steps are reused only by a run of the same protocol
     b = Bench(p, out, console)
     files = make_data(p)
     pre = {}
