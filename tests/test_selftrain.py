@@ -149,6 +149,8 @@ def test_bad_inputs_are_one_line_and_exit_1(world, labelled, tmp_path):
     (tmp_path / "empty").mkdir()
     code, text = cli("pseudo-label", teacher, tmp_path / "empty", "--out", tmp_path / "p")
     assert code == 1 and "holds no image files" in text and not (tmp_path / "p").exists()
+    code, text = cli("pseudo-label", teacher, out, "--out", tmp_path / "p")  # its own masks are no scans
+    assert code == 1 and "is the output folder of a damage-smp pseudo-label (pseudo.json is there)" in text
     base = ["train", "--manifest", root / "manifest.csv", "--encoder", "resnet18", "--encoder-weights", "none",
             "--crop-size", "64", "--tile", "64", "--num-workers", "0", "--device", "cpu",
             "--out-dir", tmp_path]  # fmt: skip
