@@ -130,7 +130,7 @@ def resumed(out: Path, given: dict) -> PretrainConfig:
         )
     from dataclasses import replace
 
-    return replace(cfg, **{k: v for k, v in given.items() if k in RESUMABLE})
+    return replace(cfg, out=str(out), **{k: v for k, v in given.items() if k in RESUMABLE})  # the folder may have moved
 
 
 def _norm(value):
