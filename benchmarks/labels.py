@@ -117,7 +117,9 @@ class Bench:
         t0 = time.perf_counter()
         self.console.rule(f"[bold]{name}")
         fn()
-        self.steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 1), "command": command})
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        self.steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 1), "command": command,
+                           "load": round(load, 1)})  # fmt: skip
 
     def train_cfg(self, files, name: str, seed: int, **extra) -> TrainConfig:
         p = self.p
@@ -271,10 +273,12 @@ def write_doc(b: Bench, data: dict, results: dict) -> None:
         + ", ".join(f"{v:.0f} s" for k, v in pre.items() if k.startswith("pseudo-label"))
         + ").",
         "",
+        load_line(results),
+        "",
         "<details><summary>Every step, its command and its wall time</summary>",
         "",
         "```bash",
-        *[f"{st['command']}    # {st['step']}: {st['seconds']:.0f} s" for st in b.steps],
+        *[f"{st['command'].replace(str(ROOT) + '/', '')}    # {st['step']}: {st['seconds']:.0f} s" for st in b.steps],
         "```",
         "</details>",
         END,
@@ -282,6 +286,17 @@ def write_doc(b: Bench, data: dict, results: dict) -> None:
     text = DOC.read_text(encoding="utf-8") if DOC.is_file() else f"# Label efficiency\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     DOC.write_text(head + "\n".join(block) + rest.split(END, 1)[1], encoding="utf-8")
+
+
+def load_line(results: dict) -> str:
+    """The machine's 1-minute load average over the run (other work on the same cores slows every arm alike)."""
+    loads = [st["load"] for st in results["steps"] if "load" in st] or results.get("load_samples", [])
+    if not loads:
+        return "Load average during the run: not recorded."
+    return (
+        f"Load average (1 min) during the run: {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores "
+        f"({len(loads)} samples): the machine was {'shared' if max(loads) > 2.5 else 'quiet'}."
+    )
 
 
 def git_commit() -> str:
@@ -299,10 +314,13 @@ def parse(argv=None) -> Protocol:
     for name in ("epochs", "samples", "pretrain-epochs", "pretrain-samples", "n", "threads", "val-every"):
         ap.add_argument(f"--{name}", type=int)
     ap.add_argument("--reduced", default="", help="why the protocol is smaller than the default (goes in the doc)")
+    ap.add_argument("--doc-only", action="store_true", help="rewrite the doc from benchmarks/labels_results.json")
     args = ap.parse_args(argv)
     p = QUICK if args.quick else Protocol()
+    if args.doc_only:
+        return None
     changes = {k.replace("-", "_"): v for k, v in vars(args).items()
-               if k not in ("quick", "seeds", "reduced") and v is not None}  # fmt: skip
+               if k not in ("quick", "seeds", "reduced", "doc_only") and v is not None}  # fmt: skip
     if args.seeds:
         changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.reduced:
@@ -310,8 +328,19 @@ def parse(argv=None) -> Protocol:
     return replace(p, **changes)
 
 
+def rewrite_doc() -> None:
+    """The doc's measured block again, from the results a finished benchmark wrote (no step is rerun)."""
+    r = json.loads(RESULTS.read_text(encoding="utf-8"))
+    p = Protocol(**{**r["protocol"], "seeds": tuple(r["protocol"]["seeds"])})
+    b = Bench(p, SCRATCH, Console())
+    b.steps = r["steps"]
+    write_doc(b, r["data"], r)
+
+
 def main(argv=None) -> None:
     p = parse(argv)
+    if p is None:
+        return rewrite_doc()
     torch.set_num_threads(p.threads)
     console = Console()
     budget = {k: v for k, v in asdict(p).items() if k not in ("seeds", "threads", "reduced")}
