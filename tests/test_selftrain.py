@@ -15,6 +15,7 @@ import time
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import make_pair, train_tiny_run
@@ -222,3 +223,11 @@ def test_compare_lists_the_arms_with_init_and_self_training(tmp_path):
     assert groups.loc["pretrain:pt", "delta"] == pytest.approx(0.1, abs=0.05)
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| run | status | init | self-training |" in md and "round 1 ← imagenet-s0" in md
+    from damage_smp.report.study import groups_table, runs_table
+
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv", dtype=str, keep_default_na=False)  # as the study page
+    page = runs_table(table[table["row_type"] == "run"].to_dict("records"), "damage_miou", None)
+    page += groups_table(table[table["row_type"] != "run"].to_dict("records"), "damage_miou")
+    assert "<td>round 1 ← imagenet-s0 (t 0.9, w 1.0)</td>" in page  # the group row
+    assert 'data-col="init" data-value="imagenet+pretrain:pt-in"' in page
+    assert 'data-col="self_training" data-value="round 1 ← imagenet-s1 (t 0.9, w 1.0)"' in page
