@@ -209,6 +209,7 @@ def summarise(b: Bench, files, seeds_done: list[int]) -> dict:
             "ci": None if arm == "scratch" else [float(row["ci_low"]), float(row["ci_high"])],
             "train_s": float(runs.loc[members, "train_time_s"].astype(float).mean()),
             "miou": float(runs.loc[members, "miou"].astype(float).mean()),
+            "damage_f1": float(runs.loc[members, "damage_f1"].astype(float).mean()),
         })  # fmt: skip
     return {"arms": arms, "notes": result.notes}
 
@@ -227,14 +228,15 @@ def fmt(x, spec=".3f") -> str:
 
 def table(summary: dict) -> str:
     lines = ["| arm | init | self-training | seeds | test damage mIoU (mean ± std) | Δ vs scratch (± std) | "
-             "95% CI of Δ (paired bootstrap) | test mIoU | train s / run |", "|" + "---|" * 9]  # fmt: skip
+             "95% CI of Δ (paired bootstrap) | test mIoU | damage-vs-clean F1 | train s / run |",
+             "|" + "---|" * 10]  # fmt: skip
     for a in summary["arms"]:
         pm = fmt(a["mean"]) + (f" ± {fmt(a['std'])}" if a["std"] is not None else "")
         delta = "baseline" if a["delta"] is None else fmt(a["delta"], "+.3f") + (
             f" ± {fmt(a['delta_std'])}" if a["delta_std"] is not None else "")  # fmt: skip
         ci = "—" if a["ci"] is None else f"[{fmt(a['ci'][0], '+.3f')}, {fmt(a['ci'][1], '+.3f')}]"
         lines.append(f"| {a['arm']} | {a['init']} | {a['self_training'] or '—'} | {a['n']} | {pm} | {delta} | {ci} | "
-                     f"{fmt(a['miou'])} | {a['train_s']:.0f} |")  # fmt: skip
+                     f"{fmt(a['miou'])} | {fmt(a.get('damage_f1'))} | {a['train_s']:.0f} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -328,12 +330,19 @@ def parse(argv=None) -> Protocol:
     return replace(p, **changes)
 
 
+def protocol_dir(p: Protocol) -> Path:
+    """Where a protocol's steps live: finished steps are reused only by a run of the same protocol."""
+    budget = {k: v for k, v in asdict(p).items() if k not in ("seeds", "threads", "reduced")}
+    return SCRATCH / f"protocol-{hashlib.sha1(json.dumps(budget, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
 def rewrite_doc() -> None:
     """The doc's measured block again, from the results a finished benchmark wrote (no step is rerun)."""
     r = json.loads(RESULTS.read_text(encoding="utf-8"))
     p = Protocol(**{**r["protocol"], "seeds": tuple(r["protocol"]["seeds"])})
-    b = Bench(p, SCRATCH, Console())
+    b = Bench(p, protocol_dir(p), Console())
     b.steps = r["steps"]
+    r["summary"] = summarise(b, None, r["seeds_done"])  # recomputed by compare from the runs on disk
     write_doc(b, r["data"], r)
 
 
@@ -343,9 +352,7 @@ def main(argv=None) -> None:
         return rewrite_doc()
     torch.set_num_threads(p.threads)
     console = Console()
-    budget = {k: v for k, v in asdict(p).items() if k not in ("seeds", "threads", "reduced")}
-    key = hashlib.sha1(json.dumps(budget, sort_keys=True).encode()).hexdigest()[:8]
-    out = SCRATCH / f"protocol-{key}"  # finished steps are reused only by a run of the same protocol
+    out = protocol_dir(p)
     b = Bench(p, out, console)
     files = make_data(p)
     pre = {}
