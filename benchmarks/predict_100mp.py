@@ -1,7 +1,7 @@
 """Benchmark (not a test): predict one synthetic 100 MP scan and report peak RSS and MP/s.
 
     .venv/bin/python benchmarks/predict_100mp.py results/predict_100mp.json [--size 10000] [--run RUN_DIR]
-        [--tile 512] [--overlap 0.5] [--batch-size 4] [--device cpu] [--work DIR]
+        [--tile 512] [--overlap 0.5] [--batch-size 4] [--device cpu] [--backend torch|onnxruntime] [--work DIR]
 
 1. Makes a SIZE x SIZE JPEG from real sample content (scikit-image's CC0 photographs and scans, tiled with
    flips, on aged paper), unless it exists in the work folder.
@@ -39,7 +39,8 @@ from damage_smp.predict import predict
 args = json.loads(sys.argv[1])
 start, cpu0 = time.perf_counter(), time.process_time()
 result = predict(args["run"], [args["image"]], args["out"], tile=args["tile"], overlap=args["overlap"],
-                 batch_size=args["batch_size"], device=args["device"], overwrite=True, workers=2)
+                 batch_size=args["batch_size"], device=args["device"], overwrite=True, workers=2,
+                 backend=args.get("backend"))
 wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({
@@ -115,6 +116,7 @@ def main() -> None:
     p.add_argument("--overlap", type=float, default=0.5)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="torch", help="torch or onnxruntime (predict --backend)")
     p.add_argument("--work", type=Path, default=Path("/tmp/damage-smp-bench-predict"), help="scratch folder")
     args = p.parse_args()
 
@@ -127,7 +129,8 @@ def main() -> None:
         print(f"made {image} ({image.stat().st_size / 2**20:.0f} MB JPEG) in {time.perf_counter() - t:.0f}s")
     run = args.run or make_run(args.work)
     child_args = dict(run=str(run), image=str(image), out=str(args.work / "out"), tile=args.tile,
-                      overlap=args.overlap, batch_size=args.batch_size, device=args.device)  # fmt: skip
+                      overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+                      backend=args.backend)  # fmt: skip
     print(f"predicting {args.size}x{args.size} in a fresh process (tile {args.tile}, overlap {args.overlap}) ...")
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(child_args)], cwd=ROOT, capture_output=True, text=True, check=False

@@ -55,6 +55,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from benchmarks.onnx_section import bench_onnx, onnx_targets  # noqa: E402
 from damage_smp.config import TrainConfig  # noqa: E402
 from damage_smp.data import SegmentationDataset, make_loader, resolve_workers, seed_worker, train_transform  # noqa: E402
 from damage_smp.decode_cache import DecodeCache, default_decode_cache  # noqa: E402
@@ -73,7 +74,7 @@ from damage_smp.train import train_step  # noqa: E402
 
 LITE0, R34 = "tu-efficientnet_lite0", "resnet34"
 SCHEME = load_scheme("artefact")
-SECTIONS = ("steps", "data", "train", "predict", "100mp")
+SECTIONS = ("steps", "data", "train", "predict", "100mp", "onnx")
 
 
 @dataclass(frozen=True)
@@ -453,7 +454,8 @@ def bench_100mp(s: Settings) -> dict:
 def targets(r: dict) -> list[dict]:
     """One row per issue target: the ratio from the best repeats (judged) and from the medians (shown), the
     target, and whether it is met (None where it could not be measured here)."""
-    return [*train_targets(r), *step_targets(r), *predict_targets(r), *resource_targets(r)]
+    return [*train_targets(r), *step_targets(r), *predict_targets(r), *resource_targets(r),
+            *onnx_targets(r, target_row)]  # fmt: skip
 
 
 def target_row(key, what, best, med, target, ok, detail="") -> dict:
@@ -654,13 +656,15 @@ def run_section(name: str, s: Settings) -> dict:
         for name, manifest in (("sample", sample), ("large", large)):
             out[name] = {"pipeline": bench_pipeline(manifest, s, step), **bench_train(name, manifest, s)}
         return out
-    if name == "predict":
+    if name in ("predict", "onnx"):
         run = SCRATCH / "runs" / "bench-sample"
         if not (run / "checkpoints" / "best.pt").is_file():
             bench_train("sample", sample, replace(s, repeats=1))
         rows = load_manifest(sample)  # held-out images: what predict is for
         tests = [Path(p) for split in ("val", "test") for p in split_rows(rows, split)["image_path"]]
         scan = sorted(large.parent.glob("scan*.jpg"))[0]
+        if name == "onnx":
+            return bench_onnx(s, SCRATCH, run, tests, scan)
         return {"sample": bench_predict("sample", run, tests, s, s.overlap, s.repeats),
                 "large": bench_predict("large", run, [scan], s, s.large_overlap, 3)}  # fmt: skip
     if name == "100mp":

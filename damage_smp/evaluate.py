@@ -55,17 +55,17 @@ def evaluate(
     batch_size: int | None = None,
     max_pixels: int | None = None,
     console: Console | None = None,
+    colour_tolerance: int | None = None,
 ) -> dict:
     """Evaluate a run's checkpoint on every whole image of a split; write and return its metrics entry.
 
-    ``manifest``: another manifest to evaluate on (its masks are decoded with the run's label scheme);
-    default: the manifest the run was trained on. ``tile``/``overlap``/``batch_size``/``max_pixels`` default
-    to the run's training settings. Returns the metrics.json entry plus ``split_key`` and ``files``.
+    ``manifest``: another manifest (its masks decoded with the run's label scheme; default: the run's own).
+    ``tile``, ``overlap``, ``batch_size``, ``max_pixels`` and ``colour_tolerance`` default to the run's
+    settings. Returns the metrics.json entry plus ``split_key`` and ``files``.
     """
     console = console or Console()
-    run_dir = Path(run_dir)
-    paths = RunPaths(run_dir)
-    cfg, scheme, _ = read_run_config(run_dir)  # missing dir / not a run / other config_version: one clear line
+    paths = RunPaths(Path(run_dir))
+    cfg, scheme = run_settings(run_dir, colour_tolerance)  # missing dir / not a run / other version: one line
     ckpt_path = checkpoint_path(paths, checkpoint)
     tile, overlap, batch_size, max_pixels = window_settings(cfg, tile, overlap, batch_size, max_pixels)
     manifest_path, foreign, rows, groups, split_key = load_split(paths, cfg.manifest, manifest, split, console)
@@ -94,6 +94,7 @@ def evaluate(
         "tta": bool(tta),
         "tile": tile,
         "overlap": overlap,
+        "colour_tolerance": scheme.colour_tolerance,
         "n_images": len(rows),
         "confusion_matrix": total.to_numpy().tolist(),
         "note": "absent classes are NaN and skipped",
@@ -105,6 +106,12 @@ def evaluate(
 
 
 # ============================================================================================ pieces
+def run_settings(run_dir: str | Path, colour_tolerance: int | None):
+    """The run's (TrainConfig, LabelScheme), the scheme with ``colour_tolerance`` when one is given."""
+    cfg, scheme, _ = read_run_config(run_dir)
+    return cfg, scheme.with_colour_tolerance(colour_tolerance)
+
+
 def window_settings(cfg, tile: int | None, overlap: float | None, batch_size: int | None, max_pixels: int | None):
     """(tile, overlap, batch_size, max_pixels): each one given, or the run's training setting."""
     tile = cfg.tile if tile is None else tile

@@ -93,7 +93,10 @@ def export(
     try:
         WRITERS[fmt](bundle, staging)
         parity = check_parity(bundle.model, LOADERS[fmt](staging, bundle), images, check_sizes(bundle))
-        write_json(staging_sidecar, sidecar(bundle, Path(run_dir), fmt, out, parity))
+        meta = sidecar(bundle, Path(run_dir), fmt, out, parity)
+        if fmt != "smp":  # predict MODEL.onnx checks that the file is still the one described
+            meta["file_sha256"] = sha256_file(staging)
+        write_json(staging_sidecar, meta)
         if console is not None:
             print_parity(parity, console)
         if not parity["passed"]:

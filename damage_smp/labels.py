@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .colours import MAX_TOLERANCE, SnapStats, UnknownMaskValues, exact_colours, snap_colours
+from .colours import hex_colour as _hex
+from .colours import pack as _pack
+
 IGNORE_INDEX = 255  # class-index value for "no label"; a scheme therefore has at most 255 classes
 
 
@@ -43,6 +47,7 @@ class LabelScheme:
     ignore_colors: tuple[tuple[int, int, int], ...] = ()
     clean: str | None = None
     background: str | None = None
+    colour_tolerance: int = 0  # colour masks: snap colours within this of one class's colour (colours.py)
     _lut: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:  # noqa: C901 - a flat list of independent checks, one per rule
@@ -76,6 +81,8 @@ class LabelScheme:
                 raise ValueError(f"label scheme {self.name!r}: class {c.name!r} has no mask values")
             if len(c.color) != 3 or not all(0 <= x <= 255 for x in c.color):
                 raise ValueError(f"label scheme {self.name!r}: class {c.name!r} colour {c.color} is not RGB")
+        if not (isinstance(self.colour_tolerance, int) and 0 <= self.colour_tolerance <= MAX_TOLERANCE):
+            raise ValueError(f"--colour-tolerance: must be 0 to {MAX_TOLERANCE}, got {self.colour_tolerance!r}")
         for special in (self.clean, self.background):
             if special is not None and special not in names:
                 raise ValueError(f"label scheme {self.name!r}: {special!r} is not one of its classes {names}")
@@ -118,8 +125,8 @@ class LabelScheme:
             self._lut["value"] = lut
         return self._lut["value"]
 
-    def _color_lut(self) -> tuple[np.ndarray, np.ndarray]:
-        """Sorted packed colours (R<<16|G<<8|B) and their class indices."""
+    def palette(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted packed colours (R<<16|G<<8|B) of every class colour, alias and ignored colour, and their meanings."""
         if "color" not in self._lut:
             keys, idx = [], []
             for i, c in enumerate(self.classes):
@@ -147,34 +154,44 @@ class LabelScheme:
 
     def index_from_colors(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB colours -> (H, W) uint8 class indices. Raises UnknownMaskValues."""
-        keys, idx = self._color_lut()
-        packed = _pack_array(rgb)
-        pos = np.searchsorted(keys, packed).clip(0, len(keys) - 1)
-        found = keys[pos] == packed
-        if not found.all():
-            unknown = [_hex(_unpack(k)) for k in np.unique(packed[~found])]
-            raise UnknownMaskValues(unknown, ~found)
-        return idx[pos].astype(np.uint8)
+        return self._from_colors(rgb)[0]
+
+    def _from_colors(self, rgb: np.ndarray) -> tuple[np.ndarray, SnapStats | None]:
+        keys, idx = self.palette()
+        if self.colour_tolerance:
+            return snap_colours(rgb, keys, idx, self.colour_tolerance)
+        return exact_colours(rgb, keys, idx), None
 
     def decode(self, mask: np.ndarray) -> np.ndarray:
         """A mask as read from disk (2-D values or (H, W, 3) RGB) -> (H, W) uint8 class indices.
 
         A 3-channel mask whose three channels are equal everywhere and whose values all belong to the scheme
-        is an index mask saved as RGB (common with some annotation tools); otherwise it is read by colour.
+        is an index mask saved as RGB (common with some annotation tools); otherwise it is read by colour,
+        snapping colours within ``colour_tolerance`` of one class's colour (see ``colours``).
         """
+        return self.decode_counted(mask)[0]
+
+    def decode_counted(self, mask: np.ndarray) -> tuple[np.ndarray, SnapStats | None]:
+        """``decode``, plus what snapping did (None when the mask was read exactly, without a tolerance)."""
         if mask.ndim == 2:
-            return self.index_from_values(mask)
+            return self.index_from_values(mask), None
         if mask.ndim == 3 and mask.shape[2] >= 3:
             rgb = mask[..., :3]
             if rgb.dtype != np.uint8:
                 raise ValueError("colour masks must be 8-bit RGB")
             if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
                 try:
-                    return self.index_from_values(rgb[..., 0])
+                    return self.index_from_values(rgb[..., 0]), None
                 except UnknownMaskValues:
                     pass
-            return self.index_from_colors(rgb)
+            return self._from_colors(rgb)
         raise ValueError(f"a mask must be (H, W) or (H, W, 3), got shape {mask.shape}")
+
+    def with_colour_tolerance(self, tolerance: int | None) -> LabelScheme:
+        """The same scheme snapping colours within ``tolerance`` (None: keep the scheme's own)."""
+        if tolerance is None or tolerance == self.colour_tolerance:
+            return self
+        return replace(self, colour_tolerance=tolerance, _lut={})
 
     def colorize(self, index: np.ndarray, ignore_color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
         """(H, W) class indices -> (H, W, 3) uint8 RGB display colours."""
@@ -222,7 +239,7 @@ class LabelScheme:
             "ignore_colors": [_hex(c) for c in self.ignore_colors],
             "clean": self.clean,
             "background": self.background,
-        }
+        } | ({"colour_tolerance": self.colour_tolerance} if self.colour_tolerance else {})
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "label scheme") -> LabelScheme:
@@ -242,10 +259,13 @@ class LabelScheme:
             ignore_colors=_colors(source, "ignore_colors", d.get("ignore_colors", [])),
             clean=clean,
             background=background,
+            colour_tolerance=_tolerance(source, d.get("colour_tolerance", 0)),
         )
 
 
-_SCHEME_KEYS = ("name", "classes", "ignore_values", "ignore_colors", "ignore_value", "clean", "background")
+_SCHEME_KEYS = (
+    "name", "classes", "ignore_values", "ignore_colors", "ignore_value", "clean", "background", "colour_tolerance"
+)  # fmt: skip
 _CLASS_KEYS = ("name", "color", "values", "value", "damage", "aliases")
 _VALUES, _COLOR = "a list of integers 0-65535", "a colour '#RRGGBB' or [r, g, b] (0-255 each)"
 _MISSING = object()  # a key absent from the file, unlike one set to null
@@ -291,6 +311,12 @@ def _text(where: str, field: str, value, optional: bool = False) -> str | None:
     return value
 
 
+def _tolerance(where: str, value) -> int:
+    if not (_is_int(value) and 0 <= value <= MAX_TOLERANCE):
+        raise _wrong(where, "colour_tolerance", value, f"an integer 0-{MAX_TOLERANCE}")
+    return value
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)  # JSON true would pass as 1
 
@@ -320,36 +346,7 @@ def _colors(where: str, field: str, value) -> tuple[tuple[int, int, int], ...]:
     return tuple(_color(where, f"{field}[{k}]", v) for k, v in enumerate(value))
 
 
-class UnknownMaskValues(ValueError):
-    """A mask holds values or colours that the label scheme does not define."""
-
-    def __init__(self, values: list, where: np.ndarray):
-        self.values = values
-        self.pixels = int(np.count_nonzero(where)) if where.dtype == bool else int(where.size)
-        shown = ", ".join(str(v) for v in values[:8]) + (" …" if len(values) > 8 else "")
-        super().__init__(f"{len(values)} value(s)/colour(s) not in the label scheme ({shown}) on {self.pixels} px")
-
-
 _UNKNOWN = 256
-
-
-def _pack(color) -> int:
-    r, g, b = (int(x) for x in color)
-    return (r << 16) | (g << 8) | b
-
-
-def _unpack(key: int) -> tuple[int, int, int]:
-    key = int(key)
-    return (key >> 16) & 255, (key >> 8) & 255, key & 255
-
-
-def _pack_array(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.int64)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-def _hex(color) -> str:
-    return "#{:02X}{:02X}{:02X}".format(*(int(x) for x in color))
 
 
 def parse_color(value, source: str = "label scheme") -> tuple[int, int, int]:
@@ -440,9 +437,11 @@ def load_scheme(name_or_path: str | Path) -> LabelScheme:
         raise ValueError(f"--labels {path}: {e}") from None
 
 
-def resolve_scheme(name_or_path: str | Path, ignore_background: bool = False) -> LabelScheme:
-    """load_scheme, optionally with the Background class turned into 'ignore'."""
-    scheme = load_scheme(name_or_path)
+def resolve_scheme(
+    name_or_path: str | Path, ignore_background: bool = False, colour_tolerance: int | None = None
+) -> LabelScheme:
+    """load_scheme, optionally with the Background class turned into 'ignore' and another colour tolerance."""
+    scheme = load_scheme(name_or_path).with_colour_tolerance(colour_tolerance)
     if ignore_background:
         if scheme.background is None:
             raise ValueError(f"--ignore-background: scheme {scheme.name!r} has no background class")

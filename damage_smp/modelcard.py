@@ -11,7 +11,7 @@ from pathlib import Path
 from . import __version__
 from .console import fmt
 from .models import ModelBundle
-from .runs import RunPaths, read_json_lenient
+from .runs import RunPaths, describe_init, read_json_lenient
 
 SUMMARY_KEYS = ("damage_miou", "miou", "damage_iou", "damage_f1", "pixel_accuracy")
 
@@ -59,7 +59,7 @@ def _training_data(bundle: ModelBundle, paths: RunPaths) -> str:
     lines.append(f"- split sizes (images): {_split_sizes(Path(manifest))}")
     lines.append(
         f"- training: {cfg.epochs} epochs of {cfg.samples_per_epoch} random {cfg.crop_size}px crops, "
-        f"train fraction {cfg.train_fraction:g}, encoder weights at start: {cfg.encoder_weights}, seed {cfg.seed}"
+        f"train fraction {cfg.train_fraction:g}, weights at start: {describe_init(cfg, bundle.info)}, seed {cfg.seed}"
     )
     return "\n".join(lines) + "\n"
 

@@ -22,7 +22,7 @@ from .config import ARCHS, TrainConfig, check_arch
 from .labels import LabelScheme
 from .pretrained import encoder_file_info, load_pretrained_net
 from .runs import RunPaths, read_run_config, sha256_file
-from .system import resolve_device
+from .system import resolve_amp, resolve_device
 from .weights import (
     BUNDLED_ENCODERS,
     check_encoder_name,
@@ -274,6 +274,15 @@ class ModelBundle:
     info: dict
     checkpoint_path: Path
     epoch: int | None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast the run trained with, on CUDA (bf16/fp16; argmax barely notices); None on CPU."""
+        return resolve_amp(self.cfg.amp, self.device)
 
 
 def load_bundle(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> ModelBundle:

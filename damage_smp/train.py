@@ -124,7 +124,7 @@ def setup(cfg: TrainConfig, resume: str | Path | None, console: Console) -> Run:
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    scheme = resolve_scheme(cfg.labels, cfg.ignore_background)
+    scheme = resolve_scheme(cfg.labels, cfg.ignore_background, cfg.colour_tolerance)
     manifest = load_manifest(cfg.manifest)
     warning = check_leakage(manifest, cfg.manifest, cfg.allow_leakage)
     if warning and rank == 0:

@@ -113,3 +113,62 @@ def test_onnxruntime_missing_names_the_extra(run_dir, tmp_path, monkeypatch):
     res = _predict(run_dir, scans, tmp_path / "out", "--backend", "onnxruntime")
     assert res.exit_code == 1
     assert "pip install 'damage-smp[onnx]'" in " ".join(res.output.split())
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory) -> Path:
+    """The tiny run exported with `damage-smp export --format onnx` (file + sidecar)."""
+    out = tmp_path_factory.mktemp("onnx-export") / "model.onnx"
+    res = CliRunner().invoke(app, ["export", str(run_dir), "--format", "onnx", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_runless_predict_of_an_exported_onnx_file_equals_the_run_backend(run_dir, exported, tmp_path, cache):
+    scans = tmp_path / "scans"
+    write_image(scans / "a.png", make_pair(np.random.default_rng(7), size=(96, 161))[0])
+    assert _predict(run_dir, scans, tmp_path / "run", "--backend", "onnxruntime").exit_code == 0
+    res = _predict(exported, scans, tmp_path / "file")
+    assert res.exit_code == 0, res.output
+    assert "(onnxruntime)" in res.output
+    assert np.array_equal(_index(tmp_path / "run" / "a_index.png"), _index(tmp_path / "file" / "a_index.png"))
+    settings = json.loads((tmp_path / "file" / "predict.json").read_text())
+    assert settings["backend"] == "onnxruntime" and settings["run_dir"] == str(exported.resolve())
+    assert settings["label_scheme"] == SCHEME.to_dict()
+
+
+def _copy_model(exported: Path, folder: Path, sidecar: bool = True) -> Path:
+    folder.mkdir()
+    (folder / "m.onnx").write_bytes(exported.read_bytes())
+    if sidecar:
+        (folder / "m.onnx.json").write_text(Path(f"{exported}.json").read_text())
+    return folder / "m.onnx"
+
+
+def test_bad_exported_models_are_one_line_and_exit_1(exported, tmp_path):
+    scans = tmp_path / "scans"
+    write_image(scans / "a.png", make_pair(np.random.default_rng(8), size=(64, 64))[0])
+    no_sidecar = _copy_model(exported, tmp_path / "a", sidecar=False)
+    changed = _copy_model(exported, tmp_path / "b")
+    changed.write_bytes(b"not an onnx graph")
+    corrupt = _copy_model(exported, tmp_path / "c")
+    corrupt.write_bytes(b"not an onnx graph")
+    meta = json.loads(Path(f"{corrupt}.json").read_text())
+    del meta["file_sha256"]  # an older sidecar: ONNX Runtime itself must refuse the file
+    Path(f"{corrupt}.json").write_text(json.dumps(meta))
+    foreign = _copy_model(exported, tmp_path / "d")
+    Path(f"{foreign}.json").write_text('{"something": "else"}')
+    cases = [
+        (no_sidecar, [], "its sidecar m.onnx.json is missing"),
+        (changed, [], "differs from the file its sidecar m.onnx.json describes"),
+        (corrupt, [], "ONNX Runtime cannot load it"),
+        (foreign, [], "not a damage-smp ONNX sidecar"),
+        (exported, ["--backend", "torch"], "an ONNX file runs on --backend onnxruntime"),
+        (tmp_path / "missing.onnx", [], "no such ONNX file"),
+    ]
+    for model, extra, message in cases:
+        res = _predict(model, scans, tmp_path / "out", *extra)
+        assert res.exit_code == 1, (model, res.output)
+        assert message in " ".join(res.output.split()), res.output
+        assert "Traceback" not in res.output
+        assert not (tmp_path / "out").exists()

@@ -22,7 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-manifest_app = typer.Typer(help="Build, check and split data manifests (image,mask,split CSVs).", no_args_is_help=True)
+manifest_app = typer.Typer(
+    help="Build, check, split and merge data manifests (image,mask,split CSVs).", no_args_is_help=True
+)
 app.add_typer(manifest_app, name="manifest")
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -34,6 +36,14 @@ LabelsOpt = Annotated[
 MaxPixelsOpt = Annotated[
     int,
     typer.Option("--max-pixels", help="Refuse images above this many pixels (decompression-bomb guard)."),
+]
+ColourToleranceOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--colour-tolerance",
+        help="Snap mask colours within N (per channel) of one class's colour to it, e.g. JPEG "
+        "(default: the scheme's, 0).",
+    ),
 ]
 ARTEFACT_INPUTS_HELP = "ARTeFACT .parquet shards, or folders holding them (searched recursively)."
 SOURCE_HELP = "A predict --out folder (gallery), or a run dir / folder of runs (study page)."

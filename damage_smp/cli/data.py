@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from ..console import escape
-from .app import ARTEFACT_INPUTS_HELP, LabelsOpt, MaxPixelsOpt, app, console, manifest_app, user_errors
+from .app import (
+    ARTEFACT_INPUTS_HELP,
+    ColourToleranceOpt,
+    LabelsOpt,
+    MaxPixelsOpt,
+    app,
+    console,
+    manifest_app,
+    user_errors,
+)
 
 
 # ============================================================================================ synth
@@ -46,38 +55,75 @@ GroupLeaveOutOpt = Annotated[
 ]
 
 
+SplitOpt = Annotated[
+    str | None,
+    typer.Option("--split", help="Put every pair in this split (train, val or test) instead of splitting them."),
+]
+ImagesOpt = Annotated[
+    Path | None, typer.Option("--images", help="Folder of images (subfolders included).", show_default=False)
+]
+MasksOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--masks", help="Folder of masks named after their images (suffixes like _mask are fine).", show_default=False
+    ),
+]
+FromFoldersOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--from-folders",
+        help="A tree already split into folders (train/images + train/masks, images/train + masks/train, "
+        "train_img + train_lab, ...): each split's pairs keep that split. Instead of --images/--masks.",
+        show_default=False,
+    ),
+]
+ValOpt = Annotated[
+    float | None,
+    typer.Option(help="Fraction of images for validation [default: 0.15; with --from-folders: of train, none]."),
+]
+GroupByOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--group-by",
+        help="Regex searched in each image's path (relative, no extension); its first group names the image's "
+        "group, and no group spans two splits. E.g. '^([^/]+)/' (subfolder) or '(.+)_\\d+$' (stem prefix).",
+    ),
+]
+
+
 @manifest_app.command("build")
 @user_errors
 def manifest_build(
-    images: Annotated[Path, typer.Option("--images", help="Folder of images (subfolders included).")],
-    masks: Annotated[
-        Path, typer.Option("--masks", help="Folder of masks named after their images (suffixes like _mask are fine).")
-    ],
     out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write; its paths are relative to its folder.")],
+    images: ImagesOpt = None,
+    masks: MasksOpt = None,
+    from_folders: FromFoldersOpt = None,
+    split: SplitOpt = None,
     labels: LabelsOpt = "artefact",
-    val: Annotated[float, typer.Option(help="Fraction of images for validation.")] = 0.15,
-    test: Annotated[float, typer.Option(help="Fraction of images for test.")] = 0.15,
+    val: ValOpt = None,
+    test: Annotated[float | None, typer.Option(help="Fraction of images for test [default: 0.15].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
-    group_by: Annotated[
-        str | None,
-        typer.Option(
-            "--group-by",
-            help="Regex searched in each image's path (relative, no extension); its first group names the image's "
-            "group, and no group spans two splits. E.g. '^([^/]+)/' (subfolder) or '(.+)_\\d+$' (stem prefix).",
-        ),
-    ] = None,
+    group_by: GroupByOpt = None,
     leave_out: GroupLeaveOutOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing CSV.")] = False,
     max_pixels: MaxPixelsOpt = 200_000_000,
+    colour_tolerance: ColourToleranceOpt = None,
 ) -> None:
-    """Pair images with masks by name, split them (at random or by group) and write a manifest CSV."""
+    """Pair images with masks by name, split them (at random, by group, or as their folders say), write a CSV."""
     from ..labels import load_scheme
-    from ..manifest import build_manifest, summarize
+    from ..manifest import build_from_folders, build_manifest, check_sources, summarize
 
-    df = build_manifest(
-        images, masks, out, load_scheme(labels), val=val, test=test, seed=seed, group_by=group_by,
-        leave_out=leave_out, overwrite=overwrite, max_pixels=max_pixels,
-    )  # fmt: skip
+    check_sources(images, masks, from_folders, split, test, leave_out)
+    scheme = load_scheme(labels).with_colour_tolerance(colour_tolerance)
+    if from_folders is not None:
+        df = build_from_folders(from_folders, out, scheme, val=val, seed=seed, group_by=group_by,
+                                overwrite=overwrite, max_pixels=max_pixels)  # fmt: skip
+        console.print(f"layout: {escape(df.attrs['layout'])}", soft_wrap=True)
+    else:
+        df = build_manifest(
+            images, masks, out, scheme, val=val, test=test, seed=seed, group_by=group_by, leave_out=leave_out,
+            overwrite=overwrite, max_pixels=max_pixels, split=split,
+        )  # fmt: skip
     for warning in df.attrs.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     console.print(f"wrote {escape(str(out))}: {len(df)} pairs; {summarize(df)}", soft_wrap=True)
@@ -90,15 +136,32 @@ def manifest_check(
     csv: Annotated[Path, typer.Argument(help="Manifest CSV (image,mask,split[,group columns]).")],
     labels: LabelsOpt = "artefact",
     max_pixels: MaxPixelsOpt = 200_000_000,
+    colour_tolerance: ColourToleranceOpt = None,
 ) -> None:
     """Audit every row: files, sizes, mask values, duplicates, splits and class pixel shares. Exit 1 on errors."""
     from ..labels import load_scheme
     from ..manifest import audit_manifest, print_audit
 
-    report = audit_manifest(csv, load_scheme(labels), max_pixels=max_pixels)
+    report = audit_manifest(csv, load_scheme(labels).with_colour_tolerance(colour_tolerance), max_pixels=max_pixels)
     print_audit(report, console)
     if report.errors:
         raise typer.Exit(1)
+
+
+@manifest_app.command("merge")
+@user_errors
+def manifest_merge(
+    csvs: Annotated[list[Path], typer.Argument(metavar="CSV...", help="Manifests to merge (two or more).")],
+    out: Annotated[Path, typer.Option("--out", help="The merged manifest; paths are rebased to its folder.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing CSV.")] = False,
+) -> None:
+    """Merge manifests into one (each row keeps its split); refuses different columns and an image listed twice."""
+    from ..manifest import merge_manifests, summarize
+
+    df = merge_manifests(csvs, out, overwrite=overwrite)
+    console.print(
+        f"wrote {escape(str(out))}: {len(df)} pairs from {len(csvs)} manifests; {summarize(df)}", soft_wrap=True
+    )
 
 
 @manifest_app.command("split")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..console import escape
-from .app import SOURCE_HELP, app, console, user_errors
+from .app import SOURCE_HELP, ColourToleranceOpt, app, console, user_errors
 
 
 # ============================================================================================ evaluate
@@ -29,12 +29,14 @@ def evaluate(
     max_pixels: Annotated[
         int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels (default: the run's).")
     ] = None,
+    colour_tolerance: ColourToleranceOpt = None,
 ) -> None:
     """Score a run on every whole image of a split: metrics.json, confusion matrix, per-image and per-group tables."""
     from ..evaluate import evaluate as run_evaluate
 
     run_evaluate(run_dir, split=split, manifest=manifest, checkpoint=checkpoint, tta=tta, device=device, tile=tile,
-                 overlap=overlap, batch_size=batch_size, max_pixels=max_pixels, console=console)  # fmt: skip
+                 overlap=overlap, batch_size=batch_size, max_pixels=max_pixels, console=console,
+                 colour_tolerance=colour_tolerance)  # fmt: skip
 
 
 # ============================================================================================ compare

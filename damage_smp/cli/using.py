@@ -10,12 +10,17 @@ import typer
 from ..console import escape
 from .app import MaxPixelsOpt, UserError, app, console, user_errors
 
+MODEL_HELP = "Run directory made by train, or an ONNX file made by export (its MODEL.onnx.json beside it)."
+BACKEND_HELP = "torch, or onnxruntime (CPU; the [onnx] extra). Default: torch; onnxruntime for MODEL.onnx."
+
 
 # ============================================================================================ predict
 @app.command(rich_help_panel="Using a model")
 @user_errors
 def predict(
-    run_dir: Annotated[Path | None, typer.Argument(help="Run directory made by train.", show_default=False)] = None,
+    run_dir: Annotated[
+        Path | None, typer.Argument(metavar="RUN_DIR | MODEL.onnx", help=MODEL_HELP, show_default=False)
+    ] = None,
     inputs: Annotated[
         list[str] | None,
         typer.Argument(help="Image files, folders (recursive), glob patterns or manifest CSVs.", show_default=False),
@@ -27,7 +32,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     tta: Annotated[bool, typer.Option("--tta", help="Average 4 flips (4x slower).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    backend: Annotated[str, typer.Option(help="torch, or onnxruntime (CPU; the [onnx] extra).")] = "torch",
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     save: Annotated[str, typer.Option(help="Comma list of outputs: colour,index,overlay.")] = "colour,index,overlay",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs exist.")] = False,
     shard: Annotated[
@@ -53,7 +58,7 @@ def predict(
         console.print(f"merged the areas of {n} image(s) into [bold]{escape(str(path))}[/]")
         return
     if run_dir is None or not inputs or out is None:
-        raise UserError("give RUN_DIR, one or more INPUTS and --out DIR (or --merge-areas DIR)")
+        raise UserError("give RUN_DIR (or MODEL.onnx), one or more INPUTS and --out DIR (or --merge-areas DIR)")
     try:
         result = prediction.predict(
             run_dir, inputs, out, checkpoint=checkpoint, tile=tile, overlap=overlap, batch_size=batch_size,

@@ -6,7 +6,8 @@ that a split can keep every group whole and a study can hold one group out. Path
 folder. ``load_manifest`` adds absolute ``image_path`` and ``mask_path`` columns.
 
 ``read`` holds the CSV itself, ``audit`` what ``manifest check`` does, ``build`` what ``manifest build`` does,
-``split`` the split assignment and ``manifest split``.
+``folders`` its ``--from-folders`` (pre-split trees), ``split`` the split assignment and ``manifest split``,
+``merge`` what ``manifest merge`` does.
 """
 
 from .audit import (
@@ -19,6 +20,8 @@ from .audit import (
     table_problems,
 )
 from .build import build_manifest
+from .folders import build_from_folders, check_sources, find_layout
+from .merge import merge_manifests
 from .read import SPLITS, group_columns, load_manifest, split_rows, summarize
 from .split import assign_splits, split_manifest
 
@@ -29,6 +32,10 @@ __all__ = [
     "audit_manifest",
     "check_leakage",
     "build_manifest",
+    "build_from_folders",
+    "check_sources",
+    "find_layout",
+    "merge_manifests",
     "count_classes",
     "group_columns",
     "load_manifest",

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
+from ..colours import SnapStats, closest_pair
 from ..console import escape, progress_bar
 from ..images import DEFAULT_MAX_PIXELS, ImageReadError, check_pixels, is_truncated_jpeg, read_mask
 from ..labels import IGNORE_INDEX, LabelScheme, UnknownMaskValues
@@ -36,6 +37,8 @@ class AuditReport:
     class_pixels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (C,) int64 pixel counts
     ignored_pixels: dict[str, int] = field(default_factory=dict)
     group_values: dict[str, int] = field(default_factory=dict)  # group column -> number of distinct values
+    colour_tolerance: int = 0
+    snapping: dict[str, int] = field(default_factory=dict)  # with a tolerance: pixels/masks snapped, unresolved
 
     @property
     def ok(self) -> bool:
@@ -70,7 +73,7 @@ def audit_manifest(
 ) -> AuditReport:
     """Check every row: files, sizes, mask values, duplicates, splits, class coverage. Reads each mask once."""
     df = read_manifest(path)
-    report = AuditReport(manifest=str(path), class_names=scheme.names)
+    report = AuditReport(manifest=str(path), class_names=scheme.names, colour_tolerance=scheme.colour_tolerance)
     problems: dict[str, list[str]] = defaultdict(list)  # kind -> messages, in row order
     _table_problems(df, problems)
     counts = _check_files(df, scheme, max_pixels, workers, report, problems)
@@ -81,9 +84,38 @@ def audit_manifest(
     for kind in ("split", "empty", "duplicate", "missing", "unreadable", "size", "values"):
         msgs = problems.get(kind, [])
         report.errors += msgs[:SHOWN] + ([f"... and {len(msgs) - SHOWN} more like these"] if len(msgs) > SHOWN else [])
-    msgs = problems.get("truncated?", [])
-    report.warnings += msgs[:SHOWN] + ([f"... and {len(msgs) - SHOWN} more"] if len(msgs) > SHOWN else [])
+    for kind in ("truncated?", "unresolved"):
+        msgs = problems.get(kind, [])
+        report.warnings += msgs[:SHOWN] + ([f"... and {len(msgs) - SHOWN} more"] if len(msgs) > SHOWN else [])
+    report.warnings += _tolerance_warning(scheme)
     return report
+
+
+def _tolerance_warning(scheme: LabelScheme) -> list[str]:
+    """A tolerance of half the distance between two classes' colours makes the colours between them ambiguous."""
+    pair = closest_pair(*scheme.palette()) if scheme.colour_tolerance else None
+    if pair is None or 2 * scheme.colour_tolerance < pair[0]:
+        return []
+    return [
+        f"--colour-tolerance {scheme.colour_tolerance}: the colours {pair[1]} and {pair[2]} of two classes are only "
+        f"{pair[0]} apart, so colours between them are ambiguous (no label); below {(pair[0] + 1) // 2} none are"
+    ]
+
+
+def _tally_snapping(report: AuditReport, mask: str, stats: SnapStats, problems: dict) -> None:
+    """Add one mask's snapping to the report; a mask with unresolved colours is named (a warning)."""
+    totals, pixels = report.snapping, stats.pixels
+    for key, value in (("pixels", pixels), ("snapped", stats.snapped), ("unresolved", stats.unresolved)):
+        totals[key] = totals.get(key, 0) + value
+    totals["snapped_masks"] = totals.get("snapped_masks", 0) + (stats.snapped > 0)
+    if stats.unresolved:
+        totals["unresolved_masks"] = totals.get("unresolved_masks", 0) + 1
+        first = ", ".join(sorted(stats.colours, key=stats.colours.get, reverse=True)[:3])
+        problems["unresolved"].append(
+            f"{mask}: {stats.unresolved:,} px ({stats.unresolved / max(pixels, 1):.1%}) stay unresolved with "
+            f"--colour-tolerance {report.colour_tolerance} ({stats.ambiguous:,} ambiguous between classes, "
+            f"{stats.unknown:,} near no class colour; e.g. {first}); they get no label"
+        )
 
 
 def _table_problems(df: pd.DataFrame, problems: dict[str, list[str]]) -> None:
@@ -134,13 +166,15 @@ def _check_files(
     unknown: dict[str, list] = {}  # value -> [pixels, masks, first mask]
     counts = {s: np.zeros(scheme.num_classes + 1, np.int64) for s in SPLITS}
     report.images = dict.fromkeys(SPLITS, 0)
-    for (i, _, _), (row_problems, row_counts, row_unknown) in zip(todo, results, strict=True):
+    for (i, _, _), (row_problems, row_counts, row_unknown, row_snap) in zip(todo, results, strict=True):
         for kind, msg in row_problems:
             problems[kind].append(msg)
         for value, px in row_unknown.items():
             entry = unknown.setdefault(value, [0, 0, df.at[i, "mask"]])
             entry[0] += px
             entry[1] += 1
+        if row_snap is not None:
+            _tally_snapping(report, df.at[i, "mask"], row_snap, problems)
         if row_counts is not None and valid[i]:
             counts[df.at[i, "split"]] += row_counts
             report.images[df.at[i, "split"]] += 1
@@ -175,8 +209,8 @@ def _tally_splits(
 
 
 def _check_row(image: str, mask: str, scheme: LabelScheme, max_pixels: int):
-    """-> (problems [(kind, message)], class counts (C+1,) or None, unknown values {value: pixels})."""
-    problems, counts, unknown, size = [], None, {}, None
+    """-> (problems [(kind, message)], class counts (C+1,) or None, unknown values {value: pixels}, SnapStats)."""
+    problems, counts, unknown, size, snap = [], None, {}, None, None
     try:
         size = check_pixels(image, max_pixels)  # header only; a bomb is refused before any decoding
         problems += _truncation(image)
@@ -187,7 +221,7 @@ def _check_row(image: str, mask: str, scheme: LabelScheme, max_pixels: int):
     try:
         raw = read_mask(mask, max_pixels)
         try:
-            index = scheme.decode(raw)
+            index, snap = scheme.decode_counted(raw)
             hist = np.bincount(index.ravel(), minlength=256).astype(np.int64)
             counts = np.append(hist[: scheme.num_classes], hist[IGNORE_INDEX])
         except UnknownMaskValues as e:
@@ -208,7 +242,7 @@ def _check_row(image: str, mask: str, scheme: LabelScheme, max_pixels: int):
         problems.append(("unreadable", f"{mask}: cannot be read ({e.strerror or e}); check the file"))
     if any(kind != "truncated?" for kind, _ in problems):
         counts = None  # a row that training cannot read does not count in the table
-    return problems, counts, unknown
+    return problems, counts, unknown, snap
 
 
 def _truncation(path: str) -> list[tuple[str, str]]:
@@ -249,7 +283,12 @@ def _describe_unknown(unknown: dict[str, list], scheme: LabelScheme) -> list[str
         for value, (px, n, first) in ranked
     ]
     if len(unknown) > 50:
-        msgs.insert(0, f"{len(unknown)} unknown mask colours/values: masks saved as JPEG or resized with smoothing?")
+        pair = closest_pair(*scheme.palette())
+        safe = f"--colour-tolerance {(pair[0] - 1) // 2 if pair else 16}"
+        hint = f" {safe} snaps colours near one class's colour to it" if not scheme.colour_tolerance else ""
+        msgs.insert(
+            0, f"{len(unknown)} unknown mask colours/values: masks saved as JPEG or resized with smoothing?{hint}"
+        )
     return msgs
 
 
@@ -285,12 +324,25 @@ def print_audit(report: AuditReport, console) -> None:
     if any(ignored):
         table.add_row("(ignored px)", *[f"{v:,}" for v in ignored])
     console.print(table)
+    if report.colour_tolerance:
+        console.print(_snapping_line(report), soft_wrap=True)
     for msg in report.errors:
         console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
     for msg in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(msg)}", soft_wrap=True)
     verdict = f"[bold red]{len(report.errors)} error(s)[/]" if report.errors else "[green]no errors[/]"
     console.print(f"{verdict}, {len(report.warnings)} warning(s)")
+
+
+def _snapping_line(report: AuditReport) -> str:
+    """'colour tolerance 12: 20,936 px (32.0%) snapped in 3 mask(s); 2,349 px (3.6%) in 3 mask(s) unresolved'."""
+    t = report.snapping
+    total = max(t.get("pixels", 0), 1)
+    return (
+        f"colour tolerance {report.colour_tolerance}: {t.get('snapped', 0):,} px ({t.get('snapped', 0) / total:.1%}) "
+        f"snapped to a class colour in {t.get('snapped_masks', 0)} mask(s); {t.get('unresolved', 0):,} px "
+        f"({t.get('unresolved', 0) / total:.1%}) in {t.get('unresolved_masks', 0)} mask(s) unresolved (no label)"
+    )
 
 
 def _percent(p: float) -> str:

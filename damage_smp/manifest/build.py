@@ -13,7 +13,7 @@ import pandas as pd
 from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from ..labels import LabelScheme
 from .audit import SHOWN, count_classes
-from .read import refuse_overwrite, write_manifest
+from .read import SPLITS, refuse_overwrite, write_manifest
 from .split import assign_splits, check_fractions, leave_out_splits, match_value
 
 MASK_SUFFIX = re.compile(r"[_\-. ]?(masks?|labels?|gt|annotations?|annot|seg|segmentation)$", re.IGNORECASE)
@@ -24,13 +24,14 @@ def build_manifest(
     masks_dir: str | Path,
     out_csv: str | Path,
     scheme: LabelScheme | None = None,
-    val: float = 0.15,
-    test: float = 0.15,
+    val: float | None = None,
+    test: float | None = None,
     seed: int = 0,
     group_by: str | None = None,
     leave_out: str | None = None,
     overwrite: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    split: str | None = None,
 ) -> pd.DataFrame:
     """Pair images with masks by relative stem, split them, write the CSV. Returns it (attrs: warnings).
 
@@ -38,22 +39,26 @@ def build_manifest(
     each image's path relative to ``images_dir`` without its extension (``^([^/]+)/`` = first subfolder,
     ``(.+)_\\d+$`` = stem before a trailing number); its first group (or the whole match) names the image's
     group, written as a ``group`` column, and no group spans two splits. ``leave_out`` puts one group in test.
-    With ``scheme``, the first masks are decoded as a quick check (``manifest check`` audits all of them).
+    ``split`` puts every pair in that split instead (then ``val``/``test`` must not be given; they default to
+    0.15 each). With ``scheme``, the first masks are decoded as a quick check (``manifest check`` audits all of them).
     """
     images_dir, masks_dir, out_csv = Path(images_dir), Path(masks_dir), Path(out_csv)
+    check_one_split(split, val, test, leave_out)
     for flag, folder in (("--images", images_dir), ("--masks", masks_dir)):
         if not folder.is_dir():
             raise FileNotFoundError(f"{flag} {folder}: folder not found; check the path")
     refuse_overwrite([out_csv], overwrite)
+    val, test = 0.15 if val is None else val, 0.15 if test is None else test
     check_fractions(val, test)
     pairs, warnings = pair_files(images_dir, masks_dir)
-    rels = [key for key, _, _ in pairs]
     groups = None
     if group_by is not None:
-        groups = _groups_from_regex(group_by, rels)
+        groups = groups_from_regex(group_by, [key for key, _, _ in pairs])
     elif leave_out is not None:
         raise ValueError("--leave-out needs --group-by REGEX, which says what the groups are")
-    if leave_out is not None:
+    if split is not None:
+        splits, warns = np.full(len(pairs), split, dtype=object), []
+    elif leave_out is not None:
         value = leave_out.split("=", 1)[1] if leave_out.startswith("group=") else leave_out
         value = match_value(pd.Series(groups), value.strip(), "group")
         splits, warns = leave_out_splits(groups, value, val, seed, "group")
@@ -61,18 +66,39 @@ def build_manifest(
         splits, warns = assign_splits(len(pairs), groups, val, test, seed)
     warnings += warns
     if scheme is not None:
-        warnings += _spot_check_masks([m for _, _, m in pairs[:3]], scheme, max_pixels)
+        warnings += spot_check_masks([m for _, _, m in pairs[:3]], scheme, max_pixels)
+    return write_manifest(pairs_frame(pairs, splits, groups), out_csv, warnings)
+
+
+def check_one_split(split: str | None, val: float | None, test: float | None, leave_out: str | None) -> None:
+    """--split NAME puts every pair in one split: a known name, and no other way of splitting beside it."""
+    if split is None:
+        return
+    if split not in SPLITS:
+        raise ValueError(f"--split {split!r}: unknown split; choose one of {', '.join(SPLITS)}")
+    others = [
+        flag for flag, value in (("--val", val), ("--test", test), ("--leave-out", leave_out)) if value is not None
+    ]
+    if others:
+        raise ValueError(
+            f"--split {split} puts every pair in the {split!r} split, but {' and '.join(others)} also split them; "
+            f"drop {' and '.join(others)} (or drop --split)"
+        )
+
+
+def pairs_frame(pairs: list[tuple[str, Path, Path]], splits, groups: np.ndarray | None) -> pd.DataFrame:
+    """The manifest rows (absolute paths) of (key, image, mask) pairs, their splits and groups."""
     df = pd.DataFrame(
         {
             "image_path": [os.path.abspath(i) for _, i, _ in pairs],
             "mask_path": [os.path.abspath(m) for _, _, m in pairs],
-            "split": splits,
+            "split": list(splits),
         }
     )
     if groups is not None:
         df["group"] = groups
     df.attrs["group_columns"] = ["group"] if groups is not None else []
-    return write_manifest(df, out_csv, warnings)
+    return df
 
 
 def pair_files(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
@@ -169,7 +195,7 @@ def _by_key(files: list[Path], root: Path, strip_suffix: bool) -> dict[str, list
     return out
 
 
-def _groups_from_regex(pattern: str, rels: list[str]) -> np.ndarray:
+def groups_from_regex(pattern: str, rels: list[str], relative_to: str = "--images") -> np.ndarray:
     try:
         regex = re.compile(pattern)
     except re.error as e:
@@ -184,12 +210,12 @@ def _groups_from_regex(pattern: str, rels: list[str]) -> np.ndarray:
     if unmatched:
         raise ValueError(
             f"--group-by {pattern!r}: does not match {len(unmatched)} image path(s), e.g. {unmatched[0]!r}; "
-            "it is searched in each path relative to --images, without extension"
+            f"it is searched in each path relative to {relative_to}, without extension"
         )
     return np.asarray(groups, dtype=str)
 
 
-def _spot_check_masks(masks: list[Path], scheme: LabelScheme, max_pixels: int) -> list[str]:
+def spot_check_masks(masks: list[Path], scheme: LabelScheme, max_pixels: int) -> list[str]:
     for mask in masks:
         try:
             count_classes(mask, scheme, max_pixels)

@@ -23,9 +23,9 @@ from ..images import DEFAULT_MAX_PIXELS, image_size, read_image, write_image
 from ..models import ModelBundle, load_bundle
 from ..plots import legend_image
 from ..runs import read_json, write_json
-from ..system import resolve_amp, resolve_device
+from ..system import resolve_device
 from ..tiling import predict_index
-from .backend import check_backend, tile_model
+from .backend import ExportedModel, check_backend, is_exported_model, load_exported, tile_model
 from .inputs import (
     SAVE_KINDS,
     Job,
@@ -39,12 +39,13 @@ from .outputs import PredictResult, batch_tables, merge_areas, write_outputs, wr
 from .owned import check_nothing_foreign, clean_stale_temps, is_finished, predict_json_is_ours, read_record
 
 INFLIGHT_PIXELS = 50_000_000  # beyond the first image, each pipeline side holds at most this many pixels
+Loaded = ModelBundle | ExportedModel  # a run's checkpoint, or an exported ONNX file with its sidecar
 TILE_PROGRESS_MIN = 16  # images with at least this many tiles get their own tile progress bar
 SETTINGS_COMPARED = ("run_dir", "checkpoint", "epoch", "tile", "overlap", "tta")
 
 
 def predict_image(
-    bundle: ModelBundle,
+    bundle: Loaded,
     image: np.ndarray,
     *,
     tile: int = 512,
@@ -59,10 +60,9 @@ def predict_image(
     On CUDA it runs under the autocast the run trained with (bf16/fp16; argmax barely notices), on CPU in fp32.
     ``model``: what runs the tiles instead of ``bundle.model`` (e.g. an ONNX Runtime session, ``backend``).
     """
-    device = next(bundle.model.parameters()).device
     return predict_index(
         model or bundle.model, image, bundle.scheme.num_classes, tile=tile, overlap=overlap, batch_size=batch_size,
-        device=device, amp_dtype=resolve_amp(bundle.cfg.amp, device), tta=tta, progress=progress,
+        device=bundle.device, amp_dtype=bundle.amp_dtype, tta=tta, progress=progress,
     )  # fmt: skip
 
 
@@ -82,7 +82,7 @@ def predict(
     shard: tuple[int, int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 2,
-    backend: str = "torch",
+    backend: str | None = None,
     console: Console | None = None,
 ) -> PredictResult:
     """Predict every input image with a run's model and write masks, overlays and areas under ``out``.
@@ -91,7 +91,8 @@ def predict(
     column). ``shard=(K, N)``, K counting from 1, takes every N-th image of the sorted inputs; under
     ``torchrun`` each rank takes its share of that. Finished images are skipped unless ``overwrite``.
     An image that cannot be read or predicted is listed in ``failures``; the others are all processed.
-    ``backend``: ``torch``, or ``onnxruntime`` (CPU; the same tiles through an ONNX Runtime session).
+    ``backend``: ``torch``, or ``onnxruntime`` (CPU; the same tiles through an ONNX Runtime session); None picks
+    torch for a run dir. ``run_dir`` may also be an exported ``MODEL.onnx`` with its sidecar ``MODEL.onnx.json``.
     """
     console = console or Console()
     start = time.perf_counter()
@@ -102,8 +103,7 @@ def predict(
     mine = plan_outputs(collect_inputs(inputs, exclude=out), out)[k - 1 :: n]
     records = _check_out(out, mine, kinds, k, n)  # before the model is even loaded
 
-    dev = device_for_rank(check_backend(backend, device))
-    bundle = load_bundle(run_dir, checkpoint, dev)
+    bundle, backend, dev = load_model(run_dir, checkpoint, backend, device)
     settings = _settings(run_dir, checkpoint, bundle, tile=tile, overlap=overlap, tta=tta, backend=backend)
     _prepare_out(out, settings, bundle, overwrite, k, n)
     clean_stale_temps({out, *(j.base.parent for j in mine)})
@@ -127,7 +127,23 @@ def predict(
     return result
 
 
-def _settings(run_dir: str | Path, checkpoint: str, bundle: ModelBundle, **tiling) -> dict:
+def load_model(run_dir: str | Path, checkpoint: str, backend: str | None, device: str):
+    """-> (bundle, backend, device): a run dir's checkpoint (backend torch unless given), or an exported ONNX
+    file with its sidecar (``predict MODEL.onnx``: backend onnxruntime, on the CPU)."""
+    if is_exported_model(run_dir):
+        if backend not in (None, "onnxruntime"):
+            raise ValueError(f"{run_dir}: an ONNX file runs on --backend onnxruntime; drop --backend {backend}")
+        check_backend("onnxruntime", device)
+        if checkpoint != "best":
+            raise ValueError(f"--checkpoint {checkpoint}: only for a run dir; {run_dir} is one exported model")
+        exported = load_exported(run_dir)
+        return exported, "onnxruntime", exported.device
+    backend = backend or "torch"
+    dev = device_for_rank(check_backend(backend, device))
+    return load_bundle(run_dir, checkpoint, dev), backend, dev
+
+
+def _settings(run_dir: str | Path, checkpoint: str, bundle: Loaded, **tiling) -> dict:
     """predict.json: what made these predictions (a later batch into the same folder must match its
     SETTINGS_COMPARED; not the backend, which gives the same masks, so a batch may resume on the other one)."""
     return {
@@ -149,7 +165,7 @@ def _check_out(out: Path, jobs: list[Job], kinds: Sequence[str], k: int, n: int)
     return records
 
 
-def _prepare_out(out: Path, settings: dict, bundle: ModelBundle, overwrite: bool, k: int, n: int) -> None:
+def _prepare_out(out: Path, settings: dict, bundle: Loaded, overwrite: bool, k: int, n: int) -> None:
     """Create ``out``, refusing predictions made differently; shard 1 writes the batch-wide files
     (so shards never write the same file); a shard's stale areas table goes, so no merge ever joins it."""
     check_previous_settings(out, settings, overwrite)
@@ -199,7 +215,7 @@ def check_previous_settings(out: Path, settings: dict, overwrite: bool) -> None:
 class Pipeline:
     """Read ahead, predict, write behind; bounded queues on both sides (see the package docstring)."""
 
-    def __init__(self, bundle: ModelBundle, kinds, overwrite: bool, max_pixels: int, workers: int, options):
+    def __init__(self, bundle: Loaded, kinds, overwrite: bool, max_pixels: int, workers: int, options):
         self.bundle, self.kinds, self.overwrite = bundle, kinds, overwrite
         self.max_pixels, self.workers, self.options = max_pixels, workers, options
 

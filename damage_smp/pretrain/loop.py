@@ -15,6 +15,7 @@ state.json, checkpoints/{last,best}.pt, and at the end encoder.pt (encoder state
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from ..checkpoints import copy_checkpoint, load_checkpoint, save_checkpoint
 from ..console import escape, fmt, progress_bar
@@ -45,6 +47,7 @@ from .data import RestorationDataset, collect_images, probe_batch
 OUTPUTS = 3  # restored RGB
 HISTORY = ["epoch", "train_loss", "val_loss", "lr", "seconds", "img_per_s", "data_seconds", "peak_mem_mb",
            "energy_wh", "energy_source"]  # fmt: skip
+BN_BATCHES = 8  # batches of training crops that BatchNorm statistics are recomputed on after each epoch
 METHOD = "models-genesis restoration (local shuffle, Bezier intensity, in/out-painting), MSE on normalised RGB"
 
 
@@ -108,6 +111,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, console: Console | None 
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             seconds, seen, data_s, meter = train_epoch(run, epoch)
             timing = {"seconds": seconds, "img_per_s": seen / seconds, "data_seconds": data_s}
+            refresh_batchnorm(run)
             record_epoch(run, epoch, probe_loss(run), timing, meter)
         finish(run)
     return run.paths.root
@@ -249,6 +253,17 @@ def to_device(batch: dict, device, channels_last: bool) -> tuple[torch.Tensor, t
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, (batch["target"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True))
+
+
+def refresh_batchnorm(run: PretrainRun, batches: int = BN_BATCHES) -> None:
+    """BatchNorm running statistics recomputed on this epoch's first crops (torch's ``update_bn``, "precise BN").
+
+    The network changes so fast here that the momentum averages lag far behind: in eval mode the lite0 U-Net's
+    probe loss was 12.2 after 4 epochs, 0.32 with recomputed statistics (0.66 for copying the corrupted input).
+    Eval-mode outputs, a frozen encoder in ``train --freeze-encoder`` and encoder.pt/model.pt all use them.
+    """
+    crops = (to_device(b, run.device, run.cfg.channels_last)[0] for b in itertools.islice(run.loader, batches))
+    update_bn(crops, run.model)
 
 
 @torch.no_grad()
