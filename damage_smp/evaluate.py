@@ -28,15 +28,18 @@ from rich.console import Console
 from rich.table import Table
 
 from .checkpoints import CheckpointError
+from .cleanup import fill_class, parse_min_area
 from .console import fmt, progress_bar
 from .images import read_image, read_mask
 from .labels import LabelScheme, UnknownMaskValues
 from .manifest import SPLITS, group_columns, load_manifest, split_rows
 from .metrics import ConfusionMatrix, image_detection
 from .models import load_bundle
-from .plots import save_confusion_matrix
+from .plots import save_confusion_matrix, save_pr_curve
 from .runs import RunPaths, read_json, read_run_config, sha256_file, split_filename, write_csv, write_json
+from .scoring import TolerantCounts, image_maps, print_decisions, print_tolerant, tuned_decision, tuned_entry
 from .system import resolve_amp, resolve_device
+from .thresholds import DamageHistogram, write_thresholds
 from .tiling import predict_index
 
 GROUP_METRICS = ("miou", "damage_miou", "damage_iou", "damage_f1", "pixel_accuracy")
@@ -54,6 +57,9 @@ def evaluate(
     overlap: float | None = None,
     batch_size: int | None = None,
     max_pixels: int | None = None,
+    tune: bool = False,
+    min_area: str | int | dict | None = None,
+    tolerance: int = 2,
     console: Console | None = None,
     colour_tolerance: int | None = None,
 ) -> dict:
@@ -61,51 +67,65 @@ def evaluate(
 
     ``manifest``: another manifest (its masks decoded with the run's label scheme; default: the run's own).
     ``tile``, ``overlap``, ``batch_size``, ``max_pixels`` and ``colour_tolerance`` default to the run's
-    settings. Returns the metrics.json entry plus ``split_key`` and ``files``.
+    settings. ``tune``: choose the damage threshold on this split (val only), write thresholds.json; the tuned
+    scores (``tuned``) use one chosen on another split, never this one. ``min_area``: remove smaller damage
+    before scoring (``cleanup``); ``tolerance``: px of the tolerant per-class scores (``scoring.TolerantCounts``).
+    Returns the metrics.json entry plus ``split_key`` and ``files``.
     """
-    console = console or Console()
-    paths = RunPaths(Path(run_dir))
+    console, run_dir, paths = console or Console(), Path(run_dir), RunPaths(Path(run_dir))
     cfg, scheme = run_settings(run_dir, colour_tolerance)  # missing dir / not a run / other version: one line
     ckpt_path = checkpoint_path(paths, checkpoint)
     tile, overlap, batch_size, max_pixels = window_settings(cfg, tile, overlap, batch_size, max_pixels)
     manifest_path, foreign, rows, groups, split_key = load_split(paths, cfg.manifest, manifest, split, console)
+    decision, note = tuned_decision(run_dir, split_key, scheme, ckpt_path, tune)
+    sizes, hist = parse_min_area(min_area, scheme), DamageHistogram(scheme) if tune else None
+    TolerantCounts(scheme, tolerance)  # a negative --tolerance fails before the model loads
 
     # ------------------------------------------------------------------ model
     dev = resolve_device(device)
     bundle = load_bundle(run_dir, checkpoint, dev)
     predict = partial(predict_index, bundle.model, num_classes=scheme.num_classes, tile=tile, overlap=overlap,
                       batch_size=batch_size, device=dev, amp_dtype=resolve_amp(cfg.amp, dev), tta=tta)  # fmt: skip
-    console.print(
-        f"[bold]{run_dir}[/]  {ckpt_path.name} (epoch {bundle.epoch})  {split_key}: {len(rows)} images  "
-        f"tile {tile} overlap {overlap:g}{'  TTA x4' if tta else ''}  device={dev}"
-    )
+    settings = {"checkpoint": checkpoint, "epoch": bundle.epoch, "tta": bool(tta), "tile": tile, "overlap": overlap,
+                "colour_tolerance": scheme.colour_tolerance,
+                "min_area": {scheme.names[c]: px for c, px in sizes.items()}}  # fmt: skip
+    console.print(f"[bold]{run_dir}[/]  {ckpt_path.name} (epoch {bundle.epoch})  {split_key}: {len(rows)} images  "
+                  f"tile {tile} overlap {overlap:g}{'  TTA x4' if tta else ''}  device={dev}")  # fmt: skip
 
     # ------------------------------------------------------------------ the loop, then the numbers
-    total, mats, per_image = score_images(rows, groups, predict, scheme, foreign, max_pixels, console, split_key)
-    entry = {
-        "summary": total.summary(scheme),
-        "per_class": total.per_class(scheme),
-        "image_detection": image_detection(mats, scheme),
-        "groups": {col: group_rows(rows[col].tolist(), mats, scheme) for col in groups},
-        "manifest": str(manifest_path.resolve()),
-        "manifest_sha256": sha256_file(manifest_path),
-        "checkpoint": checkpoint,
-        "epoch": bundle.epoch,
-        "tta": bool(tta),
-        "tile": tile,
-        "overlap": overlap,
-        "colour_tolerance": scheme.colour_tolerance,
-        "n_images": len(rows),
-        "confusion_matrix": total.to_numpy().tolist(),
-        "note": "absent classes are NaN and skipped",
-    }
+    maps = partial(image_maps, predict, tuned=decision, hist=hist, min_area=sizes, fill=fill_class(scheme))
+    totals, tolerant, mats, per_image = score_images(rows, groups, maps, scheme, foreign, max_pixels, console,
+                                                     split_key, tolerance)  # fmt: skip
+    total = totals["argmax"]
+    entry = {**scores_entry(total, mats, rows, groups, scheme, manifest_path, settings),
+             "tolerant": tolerant["argmax"].entry(),
+             "tuned": tuned_entry(decision, note, totals.get("tuned"), scheme, tolerant.get("tuned"))}  # fmt: skip
     files = write_outputs(paths, split_key, entry, total, per_image, groups, scheme)
+    if hist is not None:
+        files += write_tuned(paths, hist, checkpoint, bundle, len(rows), scheme, console)
     print_summary(console, split_key, entry, scheme)
     console.print("wrote " + ", ".join(str(f) for f in files))
     return {**entry, "split_key": split_key, "files": [str(f) for f in files]}
 
 
 # ============================================================================================ pieces
+def scores_entry(total: ConfusionMatrix, mats: list[np.ndarray], rows, groups: list[str], scheme: LabelScheme,
+                 manifest_path: Path, settings: dict) -> dict:  # fmt: skip
+    """metrics.json's entry of one split: the argmax scores, detection, groups and what was evaluated."""
+    return {
+        "summary": total.summary(scheme),
+        "per_class": total.per_class(scheme),
+        "image_detection": image_detection(mats, scheme),
+        "groups": {col: group_rows(rows[col].tolist(), mats, scheme) for col in groups},
+        "manifest": str(manifest_path.resolve()),
+        "manifest_sha256": sha256_file(manifest_path),
+        **settings,
+        "n_images": len(rows),
+        "confusion_matrix": total.to_numpy().tolist(),
+        "note": "absent classes are NaN and skipped",
+    }
+
+
 def run_settings(run_dir: str | Path, colour_tolerance: int | None):
     """The run's (TrainConfig, LabelScheme), the scheme with ``colour_tolerance`` when one is given."""
     cfg, scheme, _ = read_run_config(run_dir)
@@ -137,10 +157,13 @@ def load_split(paths: RunPaths, trained_on: str, given: str | Path | None, split
     return manifest_path, foreign, split_rows(df, split), group_columns(df), split_key
 
 
-def score_images(rows, groups: list[str], predict: Callable, scheme: LabelScheme, foreign: bool, max_pixels: int,
-                 console: Console, split_key: str) -> tuple[ConfusionMatrix, list[np.ndarray], list[dict]]:  # fmt: skip
-    """Predict every image of the split: (the split's matrix, one (C, C) matrix per image, per-image rows)."""
-    total = ConfusionMatrix(scheme.num_classes)
+def score_images(rows, groups: list[str], maps: Callable, scheme: LabelScheme, foreign: bool, max_pixels: int,
+                 console: Console, split_key: str, tolerance: int = 2) -> tuple[dict, dict, list, list]:  # fmt: skip
+    """Predict every image of the split: ({decision: the split's matrix}, {decision: TolerantCounts}, one (C, C)
+    argmax matrix per image, per-image rows). ``maps(image, target)`` -> {"argmax": (H, W), ...}
+    (``scoring.image_maps``)."""
+    totals: dict[str, ConfusionMatrix] = {}
+    tolerant = {"argmax": TolerantCounts(scheme, tolerance)}
     mats: list[np.ndarray] = []
     per_image: list[dict] = []
     with progress_bar(console) as bar:
@@ -153,15 +176,20 @@ def score_images(rows, groups: list[str], predict: Callable, scheme: LabelScheme
                     f"{row['mask_path']}: mask is {target.shape[1]}x{target.shape[0]} but its image "
                     f"{row['image_path']} is {image.shape[1]}x{image.shape[0]}; masks must match their images"
                 )
-            cm = ConfusionMatrix(scheme.num_classes)
-            cm.update(predict(image), target)  # prediction: (H, W) uint8
-            total.merge(cm)
-            mat = cm.to_numpy()  # (C, C) int64 [target, pred]
+            for name, pred in maps(image, target).items():  # (H, W) uint8 per decision rule
+                cm = ConfusionMatrix(scheme.num_classes)
+                cm.update(pred, target)
+                totals.setdefault(name, ConfusionMatrix(scheme.num_classes)).merge(cm)
+                tolerant.setdefault(name, TolerantCounts(scheme, tolerance)).update(pred, target)
+                if name == "argmax":
+                    mat = cm.to_numpy()  # (C, C) int64 [target, pred]
             mats.append(mat)
             per_image.append({"image": row["image"], "image_path": row["image_path"],
                               **{g: row[g] for g in groups}, **per_image_counts(mat, scheme)})  # fmt: skip
             bar.advance(task)
-    return total, mats, per_image
+    if not totals:
+        totals["argmax"] = ConfusionMatrix(scheme.num_classes)
+    return totals, tolerant, mats, per_image
 
 
 def checkpoint_path(paths: RunPaths, checkpoint: str) -> Path:
@@ -289,6 +317,19 @@ def write_outputs(paths: RunPaths, key: str, entry: dict, total: ConfusionMatrix
     return files
 
 
+def write_tuned(paths: RunPaths, hist: DamageHistogram, checkpoint: str, bundle, n_images: int,
+                scheme: LabelScheme, console: Console) -> list[Path]:  # fmt: skip
+    """--tune: thresholds.json and the val precision-recall curve."""
+    best = hist.best()
+    path = write_thresholds(paths.root, best, checkpoint=checkpoint, checkpoint_path=bundle.checkpoint_path,
+                            epoch=bundle.epoch, split="val", n_images=n_images, scheme=scheme)  # fmt: skip
+    figure = paths.root / "pr_curve_val.png"
+    save_pr_curve(hist.curve(), best, figure, title=f"{paths.root.name} — val, damage vs clean")
+    console.print(f"tuned on val: damage threshold {best['threshold']:.3f}, F1 {best['f1']:.4f} on val "
+                  f"(at 0.5: {best['f1_at_0.5']:.4f}); score it on test: evaluate --split test")  # fmt: skip
+    return [path, figure]
+
+
 # ============================================================================================ terminal
 def print_summary(console: Console, key: str, entry: dict, scheme: LabelScheme) -> None:
     s, det = entry["summary"], entry["image_detection"]
@@ -325,3 +366,5 @@ def print_summary(console: Console, key: str, entry: dict, scheme: LabelScheme) 
         for r in rows:
             gt.add_row(str(r["group"]), str(r["n_images"]), *[fmt(r[m], ".4f") for m in GROUP_METRICS])
         console.print(gt)
+    print_tolerant(console, entry)
+    print_decisions(console, entry)

@@ -15,6 +15,7 @@ import shutil
 import struct
 import tempfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -35,6 +36,50 @@ class ImageReadError(ValueError):
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the header only, after EXIF rotation; raises ImageReadError."""
     return _header_size(Path(path), DEFAULT_MAX_PIXELS)
+
+
+def image_dpi(path: str | Path) -> tuple[float, float] | None:
+    """(x, y) dots per inch from the file's header (PNG pHYs in metres, JPEG JFIF, TIFF resolution tags), as a
+    viewer shows the image (swapped by an EXIF 90° rotation); None when the file does not say (never a guess)."""
+    try:
+        with Image.open(path) as im:  # lazy: the header only
+            dpi = im.info.get("dpi")
+            orientation = _orientation(im, Path(path))
+    except Exception:
+        return None
+    try:
+        x, y = (float(v) for v in dpi)
+    except (TypeError, ValueError):
+        return None
+    if not (x > 0 and y > 0 and np.isfinite(x) and np.isfinite(y)):
+        return None
+    x, y = (float(round(v)) if abs(v - round(v)) < 0.02 else v for v in (x, y))  # PNG: 600 dpi reads 599.9988
+    return (y, x) if orientation in (5, 6, 7, 8) else (x, y)
+
+
+def mm2_per_pixel(dpi: Sequence[float] | None) -> float | None:
+    """The area of one pixel in mm² at (x, y) dots per inch: (25.4 / x) * (25.4 / y); None when unknown."""
+    if not dpi:
+        return None
+    return (25.4 / float(dpi[0])) * (25.4 / float(dpi[1]))
+
+
+def dpi_text(dpi: Sequence[float] | None) -> str:
+    """areas.csv's dpi cell: "600", "600x300" (x by y), or empty when unknown."""
+    if not dpi:
+        return ""
+    return f"{dpi[0]:g}" if dpi[0] == dpi[1] else f"{dpi[0]:g}x{dpi[1]:g}"
+
+
+def parse_dpi_text(text: str) -> tuple[float, float] | None:
+    """dpi_text's cell back: "600" -> (600, 600), "600x300" -> (600, 300), "" (or nonsense) -> None."""
+    try:
+        parts = [float(v) for v in str(text).lower().split("x")] if str(text).strip() else []
+    except ValueError:
+        return None
+    if len(parts) == 1:
+        parts *= 2
+    return (parts[0], parts[1]) if len(parts) == 2 and all(v > 0 for v in parts) else None
 
 
 def _header_size(path: Path, max_pixels: int) -> tuple[int, int]:
@@ -229,6 +274,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """
     with _atomic_file(Path(path)) as f:
         f.write(data)
+
+
+def atomic_open(path: str | Path):
+    """A context manager: a binary file (temp file in the same folder) that replaces ``path`` when the block
+    ends without an error, as atomic_write_bytes does; for writers that stream (tifffile)."""
+    return _atomic_file(Path(path))
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:

@@ -17,19 +17,25 @@ import numpy as np
 from .colours import MAX_TOLERANCE, SnapStats, UnknownMaskValues, exact_colours, snap_colours
 from .colours import hex_colour as _hex
 from .colours import pack as _pack
+from .scheme_fields import _MISSING, _is_int, _mask_values, _no_unknown_keys, _text, _wrong
 
 IGNORE_INDEX = 255  # class-index value for "no label"; a scheme therefore has at most 255 classes
 
 
 @dataclass(frozen=True)
 class ClassDef:
-    """One class: its name, its display colour and the index-mask values that mean it."""
+    """One class: its name, its colour in colour masks, the index-mask values that mean it, its display colour."""
 
     name: str
     color: tuple[int, int, int]
     values: tuple[int, ...]
     damage: bool = True  # counted in the damage-only mIoU and in damage-vs-clean
     aliases: tuple[tuple[int, int, int], ...] = ()  # further colours read as this class in colour masks
+    display: tuple[int, int, int] | None = None  # shown in overlays, legends and reports (None: ``color``)
+
+    @property
+    def shown(self) -> tuple[int, int, int]:
+        return self.display if self.display is not None else self.color
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,13 @@ class LabelScheme:
 
     @property
     def colors(self) -> np.ndarray:
-        """(C, 3) uint8 display colours."""
+        """(C, 3) uint8 mask colours (what a colour mask file holds)."""
         return np.array([c.color for c in self.classes], dtype=np.uint8)
+
+    @property
+    def display_colors(self) -> np.ndarray:
+        """(C, 3) uint8 colours for people: overlays, legends, reports (a class's ``display``, else its colour)."""
+        return np.array([c.shown for c in self.classes], dtype=np.uint8)
 
     @property
     def damage_indices(self) -> list[int]:
@@ -194,7 +205,7 @@ class LabelScheme:
         return replace(self, colour_tolerance=tolerance, _lut={})
 
     def colorize(self, index: np.ndarray, ignore_color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
-        """(H, W) class indices -> (H, W, 3) uint8 RGB display colours."""
+        """(H, W) class indices -> (H, W, 3) uint8 RGB mask colours (a colour mask file; see display_colors)."""
         table = np.zeros((256, 3), np.uint8)
         table[: self.num_classes] = self.colors
         table[IGNORE_INDEX] = ignore_color
@@ -233,6 +244,7 @@ class LabelScheme:
             "classes": [
                 {"name": c.name, "color": _hex(c.color), "values": list(c.values), "damage": c.damage}
                 | ({"aliases": [_hex(a) for a in c.aliases]} if c.aliases else {})
+                | ({"display": _hex(c.display)} if c.display is not None else {})
                 for c in self.classes
             ],
             "ignore_values": list(self.ignore_values),
@@ -266,9 +278,8 @@ class LabelScheme:
 _SCHEME_KEYS = (
     "name", "classes", "ignore_values", "ignore_colors", "ignore_value", "clean", "background", "colour_tolerance"
 )  # fmt: skip
-_CLASS_KEYS = ("name", "color", "values", "value", "damage", "aliases")
-_VALUES, _COLOR = "a list of integers 0-65535", "a colour '#RRGGBB' or [r, g, b] (0-255 each)"
-_MISSING = object()  # a key absent from the file, unlike one set to null
+_CLASS_KEYS = ("name", "color", "values", "value", "damage", "aliases", "display")
+_COLOR = "a colour '#RRGGBB' or [r, g, b] (0-255 each)"
 
 
 def _class_from_dict(c, i: int, source: str) -> ClassDef:
@@ -283,54 +294,14 @@ def _class_from_dict(c, i: int, source: str) -> ClassDef:
     if not isinstance(damage, bool):
         raise _wrong(where, "damage", damage, "true or false")
     color, values = _color(where, "color", c.get("color", _MISSING)), _mask_values(where, key, c.get(key, i))
-    return ClassDef(name, color, values, damage, _colors(where, "aliases", c.get("aliases", [])))
-
-
-def _wrong(where: str, field: str, value, expected: str) -> ValueError:
-    shown = "missing" if value is _MISSING else _as_json(value)
-    return ValueError(f"{where}: {field} is {shown} but must be {expected}")
-
-
-def _as_json(value) -> str:
-    """The value as the file spells it (null, "abc", 0.7), shortened: a message is one line."""
-    text = json.dumps(value, ensure_ascii=False, default=repr)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _no_unknown_keys(d: dict, known: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
-
-
-def _text(where: str, field: str, value, optional: bool = False) -> str | None:
-    if optional and value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _wrong(where, field, value, "a class name or null" if optional else "a non-empty text")
-    return value
+    display = _color(where, "display", c["display"]) if c.get("display") is not None else None
+    return ClassDef(name, color, values, damage, _colors(where, "aliases", c.get("aliases", [])), display)
 
 
 def _tolerance(where: str, value) -> int:
     if not (_is_int(value) and 0 <= value <= MAX_TOLERANCE):
         raise _wrong(where, "colour_tolerance", value, f"an integer 0-{MAX_TOLERANCE}")
     return value
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # JSON true would pass as 1
-
-
-def _mask_values(where: str, field: str, value) -> tuple[int, ...]:
-    """A list of mask values, or one value alone (the short form of a single-value class)."""
-    expected = _VALUES if field.endswith("values") else "an integer 0-65535"  # "value", "ignore_value"
-    values = [value] if _is_int(value) else value
-    if not isinstance(values, list | tuple):
-        raise _wrong(where, field, value, expected)
-    bad = [v for v in values if not (_is_int(v) and 0 <= v <= 65535)]
-    if bad:
-        raise ValueError(f"{where}: {field} is {_as_json(value)} but must be {expected} ({_as_json(bad[0])} is not)")
-    return tuple(values)
 
 
 def _color(where: str, field: str, value) -> tuple[int, int, int]:
@@ -405,7 +376,8 @@ def _artefact_binary() -> LabelScheme:
 
 def _binary() -> LabelScheme:
     background = ClassDef("Background", (0, 0, 0), (0,), damage=False)
-    damage = ClassDef("Damage", (255, 255, 255), (255, 1), damage=True)
+    # white in the mask file (255), but shown in magenta: white on a light scan is invisible
+    damage = ClassDef("Damage", (255, 255, 255), (255, 1), damage=True, display=(255, 0, 255))
     return LabelScheme("binary", (background, damage), clean="Background")
 
 

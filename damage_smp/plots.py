@@ -8,11 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import cv2  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .images import atomic_write_bytes, write_image  # noqa: E402
-from .labels import IGNORE_INDEX, LabelScheme  # noqa: E402
+from .labels import LabelScheme  # noqa: E402
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
@@ -22,26 +23,68 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def overlay(image: np.ndarray, index: np.ndarray, scheme: LabelScheme, alpha: float = 0.55) -> np.ndarray:
-    """Blend class colours over an RGB image where there is damage (clean, background and ignore stay as is)."""
-    colours = scheme.colorize(index).astype(np.float32)
-    show = np.isin(index, scheme.damage_indices) & (index != IGNORE_INDEX)
-    out = image.astype(np.float32)
-    out[show] = (1 - alpha) * out[show] + alpha * colours[show]
-    return out.clip(0, 255).astype(np.uint8)
+OVERLAY_ALPHA = 0.55
+STRIP_ROWS = 256  # overlays are blended this many rows at a time: temporaries stay ~W x 256 x 3 bytes
+DARK_ABOVE = 110  # outline in black where the scan is brighter than this (grey level), else in white
+
+
+def overlay(image: np.ndarray, index: np.ndarray, scheme: LabelScheme, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """An RGB copy of the image with damage in its display colour and outlined (``tint_in_place``)."""
+    return tint_in_place(image.copy(), index, scheme, alpha, to_bgr=False)
+
+
+def display_table(scheme: LabelScheme, bgr: bool = True) -> np.ndarray:
+    """(256, 3) uint8 class index -> display colour (BGR for OpenCV, or RGB)."""
+    table = np.zeros((256, 3), np.uint8)
+    table[: scheme.num_classes] = scheme.display_colors[:, ::-1] if bgr else scheme.display_colors
+    return table
+
+
+def outline_width(shape: tuple[int, ...]) -> int:
+    """Outline thickness in pixels: 1, and 1 more per 1000 pixels of the shorter side."""
+    return 1 + min(shape[:2]) // 1000
+
+
+def tint_in_place(image: np.ndarray, index: np.ndarray, scheme: LabelScheme, alpha: float = OVERLAY_ALPHA,
+                  to_bgr: bool = True) -> np.ndarray:  # fmt: skip
+    """RGB image -> overlay in the same buffer (BGR for OpenCV when ``to_bgr``): damage pixels blended with
+    their class's display colour and a contrasting outline along the inner edge of each damage region (black
+    where the scan is light, white where it is dark), so damage stays visible on any scan.
+
+    Works in strips of STRIP_ROWS rows on uint8 (with ``outline_width`` rows of context for the edges), so no
+    full-size copy is ever made. Clean, background and ignored pixels stay as they are.
+    """
+    colours = display_table(scheme, bgr=to_bgr)
+    is_damage = np.zeros(256, bool)
+    is_damage[scheme.damage_indices] = True
+    r, h = outline_width(image.shape), image.shape[0]
+    for y0 in range(0, h, STRIP_ROWS):
+        y1 = min(y0 + STRIP_ROWS, h)
+        strip, idx = image[y0:y1], index[y0:y1]  # (s, W, 3) view, (s, W)
+        if to_bgr:
+            cv2.cvtColor(strip, cv2.COLOR_RGB2BGR, dst=strip)
+        show = is_damage[idx]  # (s, W) bool
+        if not show.any():
+            continue
+        light = cv2.cvtColor(strip, cv2.COLOR_BGR2GRAY if to_bgr else cv2.COLOR_RGB2GRAY) > DARK_ABOVE
+        np.copyto(strip, cv2.addWeighted(strip, 1 - alpha, colours[idx], alpha, 0.0), where=show[..., None])
+        c0, c1 = max(0, y0 - r), min(h, y1 + r)
+        mask = is_damage[index[c0:c1]].view(np.uint8)
+        inner = cv2.erode(mask, np.ones((3, 3), np.uint8), iterations=r, borderType=cv2.BORDER_REPLICATE)
+        edge = (mask > inner)[y0 - c0 : y1 - c0]
+        np.copyto(strip, np.where(light, 0, 255).astype(np.uint8)[..., None], where=edge[..., None])
+    return image
 
 
 def legend_image(scheme: LabelScheme, classes: list[int] | None = None, width: int = 260) -> np.ndarray:
     """A small RGB legend: one colour swatch and name per class."""
-    import cv2
-
     classes = list(range(scheme.num_classes)) if classes is None else classes
     row = 22
     img = np.full((row * len(classes) + 8, width, 3), 255, np.uint8)
     for k, c in enumerate(classes):
         y = 4 + k * row
-        cv2.rectangle(img, (6, y + 3), (26, y + row - 5), tuple(int(v) for v in scheme.colors[c]), -1)
-        cv2.rectangle(img, (6, y + 3), (26, y + row - 5), (90, 90, 90), 1)
+        cv2.rectangle(img, (6, y + 3), (26, y + row - 5), tuple(int(v) for v in scheme.display_colors[c]), -1)
+        cv2.rectangle(img, (6, y + 3), (26, y + row - 5), (40, 40, 40), 1)  # a border: a white swatch shows
         cv2.putText(img, scheme.names[c], (34, y + row - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1,
                     cv2.LINE_AA)  # fmt: skip
     return img
@@ -213,3 +256,24 @@ def save_data_efficiency(
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_laid_out(fig, path)
+
+
+def save_pr_curve(curve: dict, best: dict, path: str | Path, title: str = "") -> None:
+    """Damage-vs-clean precision over recall for every threshold, the tuned one and 0.5 marked."""
+    prec, rec = np.asarray(curve["precision"], float), np.asarray(curve["recall"], float)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    ok = ~(np.isnan(prec) | np.isnan(rec))
+    ax.plot(rec[ok], prec[ok], color="#1f77b4", lw=1.5, label="damage vs clean, every threshold")
+    half = (len(prec) - 1) // 2
+    if ok[half]:
+        ax.plot(rec[half], prec[half], "s", color="#888888", label=f"0.5: F1 {best['f1_at_0.5']:.3f}")
+    ax.plot(best["recall"], best["precision"], "o", color="#d62728",
+            label=f"tuned {best['threshold']:.3f}: F1 {best['f1']:.3f}")  # fmt: skip
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall (damage pixels found)")
+    ax.set_ylabel("precision (predicted damage that is damage)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title or "precision-recall, damage vs clean", fontsize=9)
+    save_figure(fig, path)

@@ -326,7 +326,7 @@ def iter_blended_rows(
         for batch, coords in iter_tile_batches(img, plan, batch_size):
             with torch.inference_mode():
                 x = batch.to(device, non_blocking=True).float()  # (N, 3, th, tw) in 0..255
-                probs = _run_model(model, x, num_classes, amp_dtype, tta) * band.window  # (N, C, th, tw)
+                probs = _run_model(model, x, num_classes, amp_dtype, tta).mul_(band.window)  # (N, C, th, tw)
             # accumulation runs outside inference_mode because flush() yields; acc needs no grad anyway
             for k, (y, x0) in enumerate(coords):
                 if y > band_y:  # a new tile row starts: every row above it is final
@@ -389,6 +389,12 @@ def predict_probs(
     return out
 
 
+def class_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) -> (h, w) uint8 index of the largest class, the first on a tie: ``argmax(0)`` exactly, but
+    ``max(0).indices`` reduces over the class axis several times faster on CPU (2.5x at 17 classes, ~15x at 2)."""
+    return probs.max(0).indices.to(torch.uint8)
+
+
 def predict_index(
     model: Callable,
     image,
@@ -402,12 +408,16 @@ def predict_index(
     tta: bool = False,
     accum_dtype: torch.dtype = torch.float32,
     progress: Callable[[int, int], None] | None = None,
+    decide: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_block: Callable[[int, int, int, int, torch.Tensor], None] | None = None,
 ) -> np.ndarray:
     """(H, W) uint8 class indices = argmax of ``predict_probs``, in memory bounded by tile x width.
 
     Peak memory beyond the image and the (H, W) uint8 result: the (C, tile, W) accumulator band (float32,
     or float16 with ``accum_dtype``), a (tile, W) float32 weight band and one batch of tile probabilities.
-    ``progress(n_done_tiles, n_total)`` is called after each batch.
+    ``progress(n_done_tiles, n_total)`` is called after each batch. ``decide``: (C, h, w) probabilities ->
+    (h, w) uint8 indices instead of the argmax (e.g. ``thresholds.Decision``); ``on_block(y0, y1, x0, x1,
+    probs)`` sees every block of final probabilities too (a threshold histogram, a probability map).
     """
     if num_classes > 256:
         raise ValueError(f"{num_classes} classes do not fit a uint8 index map (at most 256)")
@@ -418,5 +428,7 @@ def predict_index(
         model, img, num_classes, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
         amp_dtype=amp_dtype, tta=tta, accum_dtype=accum_dtype, progress=progress,
     ):  # fmt: skip
-        out[y0:y1, x0:x1] = probs.argmax(0).to(torch.uint8).cpu().numpy()
+        out[y0:y1, x0:x1] = (decide(probs) if decide else class_argmax(probs)).cpu().numpy()
+        if on_block is not None:
+            on_block(y0, y1, x0, x1, probs)
     return out

@@ -40,7 +40,7 @@ from .runstate import TrainingStopped, run_state
 from .schedule import lr_factor, set_lr
 from .selftrain import PseudoSet, load_pseudo
 from .system import EnergyMeter, environment, peak_memory_mb, resolve_amp, resolve_device
-from .validation import save_samples, validate
+from .validation import save_samples, tune_thresholds, validate
 
 
 @dataclass
@@ -357,6 +357,7 @@ def finish(run: Run) -> None:
     if not paths.checkpoint("best").exists():
         copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
     save_samples(paths, run.val_rows, run.scheme, run.cfg, run.device)
+    tune_thresholds(paths, run.val_rows, run.scheme, run.cfg, run.device, run.say)  # thresholds.json
     write_state(paths.state, "finished", run.last_epoch)
 
 

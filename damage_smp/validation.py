@@ -14,9 +14,10 @@ from .config import TrainConfig
 from .images import read_image, read_mask
 from .labels import IGNORE_INDEX, LabelScheme
 from .metrics import ConfusionMatrix
-from .plots import save_sample
+from .plots import save_pr_curve, save_sample
 from .runs import RunPaths
-from .tiling import predict_probs
+from .thresholds import HOW_TO_TUNE, DamageHistogram, write_thresholds
+from .tiling import predict_index, predict_probs
 
 KEEP_SIDE = 768  # longest side, in pixels, of the images validate(keep=...) hands back
 
@@ -93,3 +94,39 @@ def save_samples(paths: RunPaths, rows: pd.DataFrame, scheme: LabelScheme, cfg: 
         target = load_target(row.mask_path, scheme, cfg.max_pixels)
         pred = probs.argmax(0).numpy().astype(np.uint8)
         save_sample(paths.samples / f"{Path(row.image_path).stem}.jpg", image, pred, target, scheme)
+
+
+def tune_thresholds(paths: RunPaths, rows: pd.DataFrame, scheme: LabelScheme, cfg: TrainConfig, device, say) -> None:
+    """thresholds.json and pr_curve_val.png from the best checkpoint on the val images (one more val pass).
+
+    Skipped, with a note, when there are no val images or nothing to tune (no damage or no clean class).
+    """
+    from .models import load_bundle
+    from .system import resolve_amp
+
+    how = HOW_TO_TUNE.format(run=paths.root)
+    if rows.empty:
+        say(f"no val images: thresholds.json not written (later: `{how}`)")
+        return
+    try:
+        hist = DamageHistogram(scheme)
+    except ValueError as e:
+        say(f"thresholds.json not written: {e}")
+        return
+    bundle = load_bundle(paths.root, "best", device)
+    for row in rows.itertuples():
+        image = read_image(row.image_path, cfg.max_pixels)
+        target = load_target(row.mask_path, scheme, cfg.max_pixels)
+        predict_index(bundle.model, image, scheme.num_classes, tile=cfg.tile, overlap=cfg.overlap,
+                      batch_size=cfg.batch_size, device=device, amp_dtype=resolve_amp(cfg.amp, device),
+                      on_block=lambda y0, y1, x0, x1, p, t=target: hist.update(p, t[y0:y1, x0:x1]))  # fmt: skip
+    try:
+        best = hist.best()
+    except ValueError as e:
+        say(f"thresholds.json not written: {e}")
+        return
+    write_thresholds(paths.root, best, checkpoint="best", checkpoint_path=bundle.checkpoint_path,
+                     epoch=bundle.epoch, split="val", n_images=len(rows), scheme=scheme)  # fmt: skip
+    save_pr_curve(hist.curve(), best, paths.root / "pr_curve_val.png", title=f"{paths.root.name} — val")
+    say(f"thresholds.json: damage threshold {best['threshold']:.3f} (val F1 {best['f1']:.4f}; "
+        f"{best['f1_at_0.5']:.4f} at 0.5)")  # fmt: skip

@@ -63,3 +63,9 @@ def train_tiny_run(root, n_train: int = 8, samples_per_epoch: int = 8):
         device="cpu", out_dir=str(root), name="run", seed=0,
     )  # fmt: skip
     return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """One tiny trained run (artefact scheme, 1 epoch of 8 crops, thresholds.json from its 2 val images)."""
+    return train_tiny_run(tmp_path_factory.mktemp("shared-run"), n_train=8, samples_per_epoch=8)

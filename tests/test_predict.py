@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_pair, train_tiny_run
+from conftest import make_pair
 from typer.testing import CliRunner
 
 from damage_smp.cli import app
@@ -30,6 +30,7 @@ from damage_smp.predict import (
     tint_in_place,
     write_outputs,
 )
+from damage_smp.thresholds import resolve_decision
 from damage_smp.tiling import pad_to, plan_tiles
 
 SCHEME = load_scheme("artefact")
@@ -37,9 +38,9 @@ FAST = dict(tile=64, overlap=0.25, batch_size=8, device="cpu", workers=2)
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(shared_run) -> Path:
     """One tiny trained run (resnet18, no pretrained weights, 1 epoch of 8 crops) shared by every test."""
-    return train_tiny_run(tmp_path_factory.mktemp("predict-run"), n_train=8, samples_per_epoch=8)
+    return shared_run
 
 
 def _image(path: Path, h: int, w: int, seed: int = 0) -> Path:
@@ -328,5 +329,6 @@ def test_library_call_matches_the_cli_outputs(run_dir, tmp_path):
     predict(run_dir, [path], out, save="index", **FAST)
     assert not (out / "lib_mask.png").exists() and (out / "lib_index.png").is_file()
     bundle = load_bundle(run_dir)
-    pred = predict_image(bundle, read_image(path), tile=64, overlap=0.25, batch_size=8)
+    rule = resolve_decision(run_dir, "auto", bundle.scheme, bundle.checkpoint_path)  # what predict chose
+    pred = predict_image(bundle, read_image(path), tile=64, overlap=0.25, batch_size=8, decision=rule)
     assert np.array_equal(SCHEME.decode(read_mask(out / "lib_index.png")), pred)

@@ -54,9 +54,10 @@ def test_onnxruntime_writes_the_same_index_masks_as_torch(run_dir, tmp_path, cac
     scans = tmp_path / "scans"
     for name, (h, w), seed in [("wide.png", (150, 233), 1), ("tall.png", (201, 97), 2)]:
         write_image(scans / name, make_pair(np.random.default_rng(seed), size=(h, w))[0])
-    res = _predict(run_dir, scans, tmp_path / "torch", "--device", "cpu")
+    argmax = ("--decision", "argmax")  # the tie check below is the argmax's (a tuned threshold has its own edge)
+    res = _predict(run_dir, scans, tmp_path / "torch", "--device", "cpu", *argmax)
     assert res.exit_code == 0, res.output
-    res = _predict(run_dir, scans, tmp_path / "ort", "--backend", "onnxruntime")
+    res = _predict(run_dir, scans, tmp_path / "ort", "--backend", "onnxruntime", *argmax)
     assert res.exit_code == 0, res.output
     bundle = load_bundle(run_dir, "best", "cpu")
     for stem, shape in [("wide", (150, 233)), ("tall", (201, 97))]:
@@ -127,7 +128,8 @@ def exported(run_dir, tmp_path_factory) -> Path:
 def test_runless_predict_of_an_exported_onnx_file_equals_the_run_backend(run_dir, exported, tmp_path, cache):
     scans = tmp_path / "scans"
     write_image(scans / "a.png", make_pair(np.random.default_rng(7), size=(96, 161))[0])
-    assert _predict(run_dir, scans, tmp_path / "run", "--backend", "onnxruntime").exit_code == 0
+    # an exported file carries no thresholds.json: it predicts with the argmax, as the run does with --decision argmax
+    assert _predict(run_dir, scans, tmp_path / "run", "--backend", "onnxruntime", "--decision", "argmax").exit_code == 0
     res = _predict(exported, scans, tmp_path / "file")
     assert res.exit_code == 0, res.output
     assert "(onnxruntime)" in res.output

@@ -46,7 +46,7 @@ def test_cli_run_writes_exactly_the_run_directory(tiny_manifest, tmp_path):
     files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
     assert files == [
         "checkpoints/best.pt", "checkpoints/last.pt", "config.json", "curves.png", "env.json", "history.csv",
-        "samples/img08.jpg", "samples/img09.jpg", "state.json",
+        "pr_curve_val.png", "samples/img08.jpg", "samples/img09.jpg", "state.json", "thresholds.json",
     ]  # fmt: skip
     cfg, scheme, model_info = read_run_config(run)
     assert cfg.epochs == 2 and cfg.encoder == "resnet18" and scheme.name == "artefact"

@@ -37,6 +37,13 @@ MaxPixelsOpt = Annotated[
     int,
     typer.Option("--max-pixels", help="Refuse images above this many pixels (decompression-bomb guard)."),
 ]
+DecisionOpt = Annotated[
+    str | None, typer.Option(help="argmax, or tuned: the run's thresholds.json (default: tuned when the run has one).")
+]
+MinAreaOpt = Annotated[
+    str | None, typer.Option("--min-area", help='Remove damage regions under PX pixels (or JSON {"class": px}).')
+]
+DpiOpt = Annotated[float | None, typer.Option(help="Scan resolution for mm² in areas.csv (default: the file's).")]
 ColourToleranceOpt = Annotated[
     int | None,
     typer.Option(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..console import escape
-from .app import SOURCE_HELP, ColourToleranceOpt, app, console, user_errors
+from .app import SOURCE_HELP, ColourToleranceOpt, MinAreaOpt, app, console, user_errors
 
 
 # ============================================================================================ evaluate
@@ -29,13 +29,24 @@ def evaluate(
     max_pixels: Annotated[
         int | None, typer.Option("--max-pixels", help="Refuse images above this many pixels (default: the run's).")
     ] = None,
+    tune: Annotated[
+        bool, typer.Option("--tune", help="With --split val: pick the F1-best damage threshold, write thresholds.json.")
+    ] = False,
+    min_area: MinAreaOpt = None,
+    tolerance: Annotated[
+        int, typer.Option(help="Tolerant per-class precision/recall/F1: a hit within this many pixels.")
+    ] = 2,
     colour_tolerance: ColourToleranceOpt = None,
 ) -> None:
-    """Score a run on every whole image of a split: metrics.json, confusion matrix, per-image and per-group tables."""
+    """Score a run on every whole image of a split: metrics.json, confusion matrix, per-image and per-group tables.
+
+    Scores use the argmax and, when the run has thresholds.json tuned on another split, the tuned threshold too.
+    """
     from ..evaluate import evaluate as run_evaluate
 
     run_evaluate(run_dir, split=split, manifest=manifest, checkpoint=checkpoint, tta=tta, device=device, tile=tile,
-                 overlap=overlap, batch_size=batch_size, max_pixels=max_pixels, console=console,
+                 overlap=overlap, batch_size=batch_size, max_pixels=max_pixels, tune=tune,
+                 min_area=min_area, tolerance=tolerance, console=console,
                  colour_tolerance=colour_tolerance)  # fmt: skip
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..console import escape
-from .app import MaxPixelsOpt, UserError, app, console, user_errors
+from .app import DecisionOpt, DpiOpt, MaxPixelsOpt, MinAreaOpt, UserError, app, console, user_errors
 
 MODEL_HELP = "Run directory made by train, or an ONNX file made by export (its MODEL.onnx.json beside it)."
 BACKEND_HELP = "torch, or onnxruntime (CPU; the [onnx] extra). Default: torch; onnxruntime for MODEL.onnx."
@@ -33,7 +33,10 @@ def predict(
     tta: Annotated[bool, typer.Option("--tta", help="Average 4 flips (4x slower).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
-    save: Annotated[str, typer.Option(help="Comma list of outputs: colour,index,overlay.")] = "colour,index,overlay",
+    decision: DecisionOpt = None,
+    min_area: MinAreaOpt = None,
+    dpi: DpiOpt = None,
+    save: Annotated[str, typer.Option(help="colour,index,overlay,prob,uncertainty,layers")] = "colour,index,overlay",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose outputs exist.")] = False,
     shard: Annotated[
         str | None, typer.Option(help="K/N: predict every N-th input from the K-th (K counts from 1).")
@@ -52,19 +55,32 @@ def predict(
     from .. import predict as prediction
 
     if merge_areas is not None:
-        if run_dir is not None or inputs:
-            raise UserError("--merge-areas DIR works alone; drop RUN_DIR and INPUTS (or drop --merge-areas)")
-        path, n = prediction.merge_areas(merge_areas)
-        console.print(f"merged the areas of {n} image(s) into [bold]{escape(str(path))}[/]")
-        return
+        return _merge_only(merge_areas, run_dir is not None or bool(inputs))
     if run_dir is None or not inputs or out is None:
         raise UserError("give RUN_DIR (or MODEL.onnx), one or more INPUTS and --out DIR (or --merge-areas DIR)")
+    _run_batch(
+        run_dir, inputs, out, checkpoint=checkpoint, tile=tile, overlap=overlap, batch_size=batch_size,
+        tta=tta, device=device, save=save, overwrite=overwrite, max_pixels=max_pixels, workers=workers,
+        shard=prediction.parse_shard(shard) if shard else None, backend=backend, decision=decision or "auto",
+        min_area=min_area, dpi=dpi,
+    )  # fmt: skip
+
+
+def _merge_only(folder: Path, more: bool) -> None:
+    from .. import predict as prediction
+
+    if more:
+        raise UserError("--merge-areas DIR works alone; drop RUN_DIR and INPUTS (or drop --merge-areas)")
+    path, n = prediction.merge_areas(folder)
+    console.print(f"merged the areas of {n} image(s) into [bold]{escape(str(path))}[/]")
+
+
+def _run_batch(*args, **kwargs) -> None:
+    """predict(...), its summary, and exit code 1 when an input failed; Ctrl-C says how to continue."""
+    from .. import predict as prediction
+
     try:
-        result = prediction.predict(
-            run_dir, inputs, out, checkpoint=checkpoint, tile=tile, overlap=overlap, batch_size=batch_size,
-            tta=tta, device=device, save=save, overwrite=overwrite, max_pixels=max_pixels, workers=workers,
-            shard=prediction.parse_shard(shard) if shard else None, backend=backend, console=console,
-        )  # fmt: skip
+        result = prediction.predict(*args, **kwargs, console=console)
     except KeyboardInterrupt:
         again = "run the same command again to continue (finished images are skipped)"
         raise UserError(f"interrupted (Ctrl-C); {again}") from None

@@ -17,15 +17,21 @@ from ..manifest import load_manifest
 from ..rundir import MARKERS
 from ..tiling import plan_tiles
 
-SAVE_KINDS = ("colour", "index", "overlay")
+SAVE_KINDS = ("colour", "index", "overlay")  # the default --save
+ALL_KINDS = (*SAVE_KINDS, "prob", "uncertainty", "layers")
 SAVE_ALIASES = {
     "color": "colour",
     "mask": "colour",
     "colour": "colour",
     "index": "index",
     "overlay": "overlay",
+    "prob": "prob",
+    "probability": "prob",
+    "uncertainty": "uncertainty",
+    "layers": "layers",
 }
-SUFFIXES = {"colour": "_mask.png", "index": "_index.png", "overlay": "_overlay.jpg", "areas": "_areas.json"}
+SUFFIXES = {"colour": "_mask.png", "index": "_index.png", "overlay": "_overlay.jpg", "prob": "_prob.png",
+            "uncertainty": "_uncertainty.png", "layers": "_layers.tif", "areas": "_areas.json"}  # fmt: skip
 GLOB_CHARS = re.compile(r"[*?\[]")
 INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")  # read_image decodes a GIF's first frame
 PREDICT_MARKER = MARKERS["predict"]
@@ -186,11 +192,11 @@ def parse_save(save: Iterable[str] | str) -> tuple[str, ...]:
     kinds = []
     for item in (s.strip().lower() for s in items):
         if item not in SAVE_ALIASES:
-            raise ValueError(f"--save {item!r}: not an output; choose from {','.join(SAVE_KINDS)}")
+            raise ValueError(f"--save {item!r}: not an output; choose from {','.join(ALL_KINDS)}")
         if SAVE_ALIASES[item] not in kinds:
             kinds.append(SAVE_ALIASES[item])
     if not kinds:
-        raise ValueError(f"--save is empty; choose one or more of {','.join(SAVE_KINDS)}")
+        raise ValueError(f"--save is empty; choose one or more of {','.join(ALL_KINDS)}")
     return tuple(kinds)
 
 
@@ -223,7 +229,7 @@ def effective_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     return k, n
 
 
-def check_options(tile: int, overlap: float, batch_size: int, workers: int, max_pixels: int) -> None:
+def check_options(tile: int, overlap: float, batch_size: int, workers: int, max_pixels: int, dpi=None) -> None:
     plan_tiles(tile, tile, tile, overlap)  # raises the --tile / --overlap message
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: must be at least 1, e.g. 4")
@@ -231,3 +237,5 @@ def check_options(tile: int, overlap: float, batch_size: int, workers: int, max_
         raise ValueError(f"--workers {workers}: must be at least 1, e.g. 2")
     if max_pixels < 1:
         raise ValueError(f"--max-pixels {max_pixels}: must be positive, e.g. {DEFAULT_MAX_PIXELS}")
+    if dpi is not None and not dpi > 0:
+        raise ValueError(f"--dpi {dpi:g}: must be the scans' resolution in dots per inch, > 0, e.g. 600")

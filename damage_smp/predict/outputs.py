@@ -16,11 +16,13 @@ import pandas as pd
 from rich.console import Console
 
 from ..console import escape
-from ..images import atomic_write_bytes, encode_image
+from ..images import atomic_write_bytes, dpi_text, encode_image, image_dpi, mm2_per_pixel
 from ..labels import LabelScheme
-from ..plots import legend_image
+from ..plots import legend_image, tint_in_place
 from ..runs import write_csv, write_json
-from .inputs import SAVE_KINDS, Job
+from .confidence import CONFIDENCE_KINDS, mean_level
+from .inputs import ALL_KINDS, SAVE_KINDS, Job
+from .layers import write_layers
 from .owned import (
     WRITTEN_BY,
     foreign_batch_files,
@@ -33,9 +35,7 @@ from .owned import (
     refuse_foreign,
 )
 
-OVERLAY_ALPHA = 0.55  # the same tint as plots.overlay, so samples and predictions look alike
 OVERLAY_QUALITY = 90
-STRIP_ROWS = 256  # overlays are blended this many rows at a time: temporaries stay ~W x 256 x 3 bytes
 SHARD_TABLE = re.compile(r"^areas\.shard-(\d+)-of-(\d+)\.csv$")
 
 
@@ -53,21 +53,29 @@ class PredictResult:
 
 
 def write_outputs(
-    job: Job, image: np.ndarray, index: np.ndarray, scheme: LabelScheme, kinds: Sequence[str], overwrite: bool
-) -> None:
+    job: Job, image: np.ndarray, index: np.ndarray, scheme: LabelScheme, kinds: Sequence[str], overwrite: bool,
+    maps: dict[str, np.ndarray] | None = None,
+) -> None:  # fmt: skip
     """Write the requested outputs that are not finished (all with ``overwrite``), then the record.
 
     Every image written carries predict's mark, so a kill before the record leaves files known as ours.
     ``image`` is consumed: the overlay is blended into it in place, so a 100 MP scan needs no second copy.
+    ``maps``: the (H, W) uint8 confidence maps (``confidence``) for ``prob`` and ``uncertainty``.
     """
+    maps = maps or {}
     old = read_record(job)
     want = [k for k in kinds if overwrite or not recorded(job, old, k)]
     # outputs of ours that stay (other --save kinds of an earlier batch too) are listed again, at their size now
-    kept = [k for k in SAVE_KINDS if k not in want and job.output(k).is_file() and is_ours(job, old, k)]
+    kept = [k for k in ALL_KINDS if k not in want and job.output(k).is_file() and is_ours(job, old, k)]
     if "index" in want:
         _write_marked(job.output("index"), encode_image(scheme.to_values(index), ".png"))  # uint8, or uint16
     if "colour" in want:
         _write_bgr(job.output("colour"), colour_table_bgr(scheme)[index])  # (H, W, 3) by lookup, no floats
+    for kind in (k for k in CONFIDENCE_KINDS if k in want):
+        _write_marked(job.output(kind), encode_image(maps[kind], ".png"))  # 8-bit grey
+    if "layers" in want:  # before the overlay, which tints the scan in place
+        damage = [c for c in present_classes(index, scheme) if c in scheme.damage_indices]
+        write_layers(job.output("layers"), image, index, scheme, damage)
     if "overlay" in want:
         bgr = tint_in_place(image, index, scheme)
         draw_legend(bgr, scheme, [c for c in present_classes(index, scheme) if c in scheme.damage_indices])
@@ -81,36 +89,18 @@ def write_outputs(
             "width": int(index.shape[1]),
             "height": int(index.shape[0]),
             "pixels": {name: int(c) for name, c in zip(scheme.names, counts, strict=True)},
+            "dpi": image_dpi(job.source),  # [x, y] from the file's header, or null
+            **({"uncertainty_mean": mean_level(maps["uncertainty"])} if "uncertainty" in maps else {}),
             "outputs": {k: output_entry(job, k) for k in (*kept, *want)},
         },
     )
 
 
 def colour_table_bgr(scheme: LabelScheme) -> np.ndarray:
-    """(256, 3) uint8 class index -> BGR colour (OpenCV's order, so no full-size RGB->BGR copy)."""
+    """(256, 3) uint8 class index -> BGR mask colour (OpenCV's order, so no full-size RGB->BGR copy)."""
     table = np.zeros((256, 3), np.uint8)
     table[: scheme.num_classes] = scheme.colors[:, ::-1]
     return table
-
-
-def tint_in_place(image: np.ndarray, index: np.ndarray, scheme: LabelScheme, alpha: float = OVERLAY_ALPHA):
-    """RGB image -> BGR overlay in the same buffer: damage pixels blended with their class colour.
-
-    Works in strips of STRIP_ROWS rows on uint8 (cv2.addWeighted rounds like plots.overlay's float maths
-    within 1 grey level), so no full-size float32 copy is ever made.
-    """
-    colours = colour_table_bgr(scheme)
-    is_damage = np.zeros(256, bool)
-    is_damage[scheme.damage_indices] = True
-    for y0 in range(0, image.shape[0], STRIP_ROWS):
-        strip = image[y0 : y0 + STRIP_ROWS]  # (s, W, 3) view
-        cv2.cvtColor(strip, cv2.COLOR_RGB2BGR, dst=strip)
-        idx = index[y0 : y0 + STRIP_ROWS]
-        show = is_damage[idx]  # (s, W) bool
-        if show.any():
-            blended = cv2.addWeighted(strip, 1 - alpha, colours[idx], alpha, 0.0)
-            np.copyto(strip, blended, where=show[..., None])
-    return image
 
 
 def draw_legend(bgr: np.ndarray, scheme: LabelScheme, classes: list[int]) -> None:
@@ -158,17 +148,20 @@ def _write_marked(path: Path, data: bytes) -> None:
 
 # ============================================================================================ areas
 def area_fields(scheme: LabelScheme) -> list[str]:
-    fields = ["image", "mask", "index", "overlay", "width", "height", "object_px", "damage_px", "damage_pct"]
+    fields = ["image", "mask", "index", "overlay", "width", "height", "dpi", "object_px", "damage_px", "damage_pct",
+              "damage_mm2", "uncertainty_mean"]  # fmt: skip
     for i, name in enumerate(scheme.names):
         fields.append(f"{name}_px")
         if i != scheme.background_index:
             fields.append(f"{name}_pct")
+        fields.append(f"{name}_mm2")
     return fields
 
 
-def area_row(job: Job, scheme: LabelScheme, out: Path) -> dict:
+def area_row(job: Job, scheme: LabelScheme, out: Path, dpi: float | None = None) -> dict:
     """One areas.csv row from an image's areas file: pixels per class and % of the object (every pixel but
     Background); ``damage_pct`` is the share of all damage classes together. Output paths are relative to out.
+    ``_mm2`` columns: at ``dpi`` (--dpi) or the resolution the scan's file gives; empty when neither is known.
     """
     record = read_record(job)
     if not is_final(record):
@@ -186,11 +179,19 @@ def area_row(job: Job, scheme: LabelScheme, out: Path) -> dict:
     for kind in SAVE_KINDS:
         listed = recorded(job, record, kind)  # a file of that name predict did not write is not the prediction
         row["mask" if kind == "colour" else kind] = job.output(kind).relative_to(out).as_posix() if listed else ""
-    row.update(object_px=obj, damage_px=damage, damage_pct=pct(damage))
+    resolution = (dpi, dpi) if dpi else record.get("dpi")
+    unit = mm2_per_pixel(resolution)
+
+    def mm2(n: int) -> float | str:
+        return n * unit if unit is not None else ""
+
+    row.update(dpi=dpi_text(resolution), object_px=obj, damage_px=damage, damage_pct=pct(damage),
+               damage_mm2=mm2(damage), uncertainty_mean=record.get("uncertainty_mean", ""))  # fmt: skip
     for i, name in enumerate(scheme.names):
         row[f"{name}_px"] = int(pixels.get(name, 0))
         if i != bg:
             row[f"{name}_pct"] = pct(int(pixels.get(name, 0)))
+        row[f"{name}_mm2"] = mm2(int(pixels.get(name, 0)))
     return row
 
 
@@ -202,8 +203,9 @@ def batch_tables(out: Path, k: int, n: int) -> tuple[Path, Path]:
 
 
 def write_tables(
-    out: Path, jobs: list[Job], failures: list[tuple[str, str]], scheme: LabelScheme, k: int, n: int
-) -> Path:
+    out: Path, jobs: list[Job], failures: list[tuple[str, str]], scheme: LabelScheme, k: int, n: int,
+    dpi: float | None = None,
+) -> Path:  # fmt: skip
     """This shard's failures table and areas table (a row per finished job that did not fail now) -> areas path.
 
     The areas rows come from the per-image areas files, so a resumed batch still lists the images it skipped.
@@ -211,7 +213,7 @@ def write_tables(
     areas_path, failures_path = batch_tables(out, k, n)
     failed = {path for path, _ in failures}
     write_csv(failures_path, [{"path": p, "error": e} for p, e in failures], ["path", "error"])
-    rows = [area_row(j, scheme, out) for j in jobs if str(j.source) not in failed and is_final(read_record(j))]
+    rows = [area_row(j, scheme, out, dpi) for j in jobs if str(j.source) not in failed and is_final(read_record(j))]
     write_csv(areas_path, rows, area_fields(scheme))
     return areas_path
 

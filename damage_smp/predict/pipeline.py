@@ -18,14 +18,17 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from ..cleanup import fill_class, parse_min_area, remove_small
 from ..console import escape, progress_bar
 from ..images import DEFAULT_MAX_PIXELS, image_size, read_image, write_image
 from ..models import ModelBundle, load_bundle
 from ..plots import legend_image
 from ..runs import read_json, write_json
 from ..system import resolve_device
+from ..thresholds import Decision, resolve_decision
 from ..tiling import predict_index
 from .backend import ExportedModel, check_backend, is_exported_model, load_exported, tile_model
+from .confidence import block_filler, confidence_maps
 from .inputs import (
     SAVE_KINDS,
     Job,
@@ -41,7 +44,8 @@ from .owned import check_nothing_foreign, clean_stale_temps, is_finished, predic
 INFLIGHT_PIXELS = 50_000_000  # beyond the first image, each pipeline side holds at most this many pixels
 Loaded = ModelBundle | ExportedModel  # a run's checkpoint, or an exported ONNX file with its sidecar
 TILE_PROGRESS_MIN = 16  # images with at least this many tiles get their own tile progress bar
-SETTINGS_COMPARED = ("run_dir", "checkpoint", "epoch", "tile", "overlap", "tta")
+SETTINGS_COMPARED = ("run_dir", "checkpoint", "epoch", "tile", "overlap", "tta", "decision", "threshold", "min_area")
+SETTINGS_DEFAULTS = {"decision": "argmax", "min_area": {}}  # what a predict.json without the key was made with
 
 
 def predict_image(
@@ -54,15 +58,20 @@ def predict_image(
     tta: bool = False,
     progress=None,
     model=None,
+    decision: Decision | None = None,
+    on_block=None,
 ) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) uint8 class indices of ``bundle.scheme``; memory bounded by tile x W.
 
     On CUDA it runs under the autocast the run trained with (bf16/fp16; argmax barely notices), on CPU in fp32.
     ``model``: what runs the tiles instead of ``bundle.model`` (e.g. an ONNX Runtime session, ``backend``).
+    ``decision``: the rule from probabilities to classes (``thresholds.Decision``; default the argmax);
+    ``on_block``: sees every block of final probabilities (``tiling.predict_index``).
     """
     return predict_index(
         model or bundle.model, image, bundle.scheme.num_classes, tile=tile, overlap=overlap, batch_size=batch_size,
-        device=bundle.device, amp_dtype=bundle.amp_dtype, tta=tta, progress=progress,
+        device=bundle.device, amp_dtype=bundle.amp_dtype, tta=tta, progress=progress, decide=decision,
+        on_block=on_block,
     )  # fmt: skip
 
 
@@ -83,6 +92,9 @@ def predict(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 2,
     backend: str | None = None,
+    decision: str = "auto",
+    min_area: str | int | dict | None = None,
+    dpi: float | None = None,
     console: Console | None = None,
 ) -> PredictResult:
     """Predict every input image with a run's model and write masks, overlays and areas under ``out``.
@@ -93,37 +105,42 @@ def predict(
     An image that cannot be read or predicted is listed in ``failures``; the others are all processed.
     ``backend``: ``torch``, or ``onnxruntime`` (CPU; the same tiles through an ONNX Runtime session); None picks
     torch for a run dir. ``run_dir`` may also be an exported ``MODEL.onnx`` with its sidecar ``MODEL.onnx.json``.
+    ``decision``: tuned (the run's thresholds.json), argmax, or auto (tuned when the run has one); ``min_area``:
+    remove smaller damage (px, or {class: px}; ``cleanup``); ``dpi``: for the mm² of areas.csv (default: the file's).
     """
-    console = console or Console()
-    start = time.perf_counter()
-    kinds = parse_save(save)
-    check_options(tile, overlap, batch_size, workers, max_pixels)
+    console, start, kinds = console or Console(), time.perf_counter(), parse_save(save)
+    check_options(tile, overlap, batch_size, workers, max_pixels, dpi)
     k, n = effective_shard(shard)
     out = Path(out)
     mine = plan_outputs(collect_inputs(inputs, exclude=out), out)[k - 1 :: n]
     records = _check_out(out, mine, kinds, k, n)  # before the model is even loaded
 
     bundle, backend, dev = load_model(run_dir, checkpoint, backend, device)
-    settings = _settings(run_dir, checkpoint, bundle, tile=tile, overlap=overlap, tta=tta, backend=backend)
+    rule = resolve_decision(Path(run_dir), decision, bundle.scheme, bundle.checkpoint_path)
+    sizes = parse_min_area(min_area, bundle.scheme)
+    settings = _settings(run_dir, checkpoint, bundle, rule, sizes, tile=tile, overlap=overlap, tta=tta, backend=backend)
     _prepare_out(out, settings, bundle, overwrite, k, n)
     clean_stale_temps({out, *(j.base.parent for j in mine)})
 
     todo = [j for j, r in zip(mine, records, strict=True) if overwrite or not is_finished(j, r, kinds)]
     n_skipped = len(mine) - len(todo)
-    where = f" (shard {k}/{n})" if n > 1 else ""
-    console.print(
-        f"predicting {len(todo)} image(s){where} with {escape(run_dir)} "
-        f"({checkpoint}, epoch {bundle.epoch}) on {dev} ({backend}); {n_skipped} already finished"
-        + ("" if overwrite else " (--overwrite redoes them)")
-    )
-    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, model=tile_model(bundle, backend))
-    pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options)
+    model_text = f"{escape(run_dir)} ({checkpoint}, epoch {bundle.epoch}) on {dev} ({backend}), {_rule_text(rule)}"
+    _announce(console, len(todo), n_skipped, (k, n), model_text, overwrite)
+    options = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, model=tile_model(bundle, backend),
+                   decision=rule)  # fmt: skip
+    pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options, sizes)
     n_done, failures = pipeline.run(todo, console, show_progress=int(os.environ.get("RANK", "0")) == 0)
+    result = PredictResult(
+        n_done, n_skipped, failures, out, write_tables(out, mine, failures, bundle.scheme, k, n, dpi)
+    )
+    return _merged_if_last(result, k, n, console, start)
 
-    areas_path = write_tables(out, mine, failures, bundle.scheme, k, n)
-    result = PredictResult(n_done, n_skipped, failures, out, areas_path, seconds=time.perf_counter() - start)
-    if n > 1 and all(batch_tables(out, i, n)[0].is_file() for i in range(1, n + 1)):
-        result.merged = _merge(out, console)
+
+def _merged_if_last(result: PredictResult, k: int, n: int, console: Console, start: float) -> PredictResult:
+    """The last shard to finish (every shard's table is there) joins the tables, as --merge-areas would."""
+    every_shard = n > 1 and all(batch_tables(result.out, i, n)[0].is_file() for i in range(1, n + 1))
+    result.merged = every_shard and _merge(result.out, console)
+    result.seconds = time.perf_counter() - start
     return result
 
 
@@ -143,7 +160,7 @@ def load_model(run_dir: str | Path, checkpoint: str, backend: str | None, device
     return load_bundle(run_dir, checkpoint, dev), backend, dev
 
 
-def _settings(run_dir: str | Path, checkpoint: str, bundle: Loaded, **tiling) -> dict:
+def _settings(run_dir: str | Path, checkpoint: str, bundle: Loaded, rule: Decision, sizes: dict, **tiling) -> dict:
     """predict.json: what made these predictions (a later batch into the same folder must match its
     SETTINGS_COMPARED; not the backend, which gives the same masks, so a batch may resume on the other one)."""
     return {
@@ -152,6 +169,9 @@ def _settings(run_dir: str | Path, checkpoint: str, bundle: Loaded, **tiling) ->
         "checkpoint_path": str(bundle.checkpoint_path),
         "epoch": bundle.epoch,
         **tiling,
+        "decision": rule.kind,
+        "threshold": rule.threshold,
+        "min_area": {bundle.scheme.names[c]: px for c, px in sizes.items()},
         "label_scheme": bundle.scheme.to_dict(),
     }
 
@@ -189,6 +209,18 @@ def _merge(out: Path, console: Console) -> bool:
         return False
 
 
+def _announce(console: Console, n_todo: int, n_skipped: int, shard: tuple[int, int], model: str, overwrite: bool):
+    where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    console.print(
+        f"predicting {n_todo} image(s){where} with {model}; {n_skipped} already finished"
+        + ("" if overwrite else " (--overwrite redoes them)")
+    )
+
+
+def _rule_text(rule: Decision) -> str:
+    return f"damage threshold {rule.threshold:.3f} from thresholds.json" if rule.kind == "tuned" else "argmax"
+
+
 def device_for_rank(name: str) -> torch.device:
     """--device, and under torchrun on CUDA the GPU of this rank (cuda:LOCAL_RANK)."""
     device = torch.device(resolve_device(name))
@@ -204,7 +236,8 @@ def check_previous_settings(out: Path, settings: dict, overwrite: bool) -> None:
     if overwrite or not predict_json_is_ours(out):  # an empty predict.json (nothing to compare) is replaced
         return
     old = read_json(out / "predict.json")
-    diffs = [f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in SETTINGS_COMPARED if old.get(k) != settings[k]]
+    was = {k: old.get(k, SETTINGS_DEFAULTS.get(k)) for k in SETTINGS_COMPARED}
+    diffs = [f"{k} {was[k]!r} -> {settings[k]!r}" for k in SETTINGS_COMPARED if was[k] != settings[k]]
     if diffs:
         raise ValueError(
             f"{out}: holds predictions made differently ({'; '.join(diffs)}); "
@@ -215,9 +248,11 @@ def check_previous_settings(out: Path, settings: dict, overwrite: bool) -> None:
 class Pipeline:
     """Read ahead, predict, write behind; bounded queues on both sides (see the package docstring)."""
 
-    def __init__(self, bundle: Loaded, kinds, overwrite: bool, max_pixels: int, workers: int, options):
+    def __init__(self, bundle: Loaded, kinds, overwrite: bool, max_pixels: int, workers: int, options,
+                 min_area: dict[int, int] | None = None):  # fmt: skip
         self.bundle, self.kinds, self.overwrite = bundle, kinds, overwrite
         self.max_pixels, self.workers, self.options = max_pixels, workers, options
+        self.min_area = min_area or {}
 
     def run(self, jobs: list[Job], console: Console, show_progress: bool = True):
         """-> (images written, [(path, error)]), in input order."""
@@ -236,8 +271,12 @@ class Pipeline:
         batch.failures.sort()
         return batch.done, batch.failures
 
-    def predict_one(self, image: np.ndarray, progress: Progress) -> np.ndarray:
+    def predict_one(self, image: np.ndarray, progress: Progress) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """-> (the (H, W) uint8 class map, cleaned up; the confidence maps --save asks for)."""
         tiles = None
+        scheme = self.bundle.scheme
+        maps = confidence_maps(self.kinds, image.shape[:2])
+        fill = block_filler(maps, scheme.damage_indices, scheme.num_classes) if maps else None
 
         def on_tiles(n_done: int, total: int) -> None:
             nonlocal tiles
@@ -247,7 +286,10 @@ class Pipeline:
                 progress.update(tiles, completed=n_done)
 
         try:
-            return predict_image(self.bundle, image, progress=on_tiles, **self.options)
+            index = predict_image(self.bundle, image, progress=on_tiles, on_block=fill, **self.options)
+            if self.min_area:
+                remove_small(index, self.min_area, fill_class(scheme))
+            return index, maps
         finally:
             if tiles is not None:
                 progress.remove_task(tiles)
@@ -289,14 +331,14 @@ class _Batch:
         self.progress.update(self.images, description=escape(_shorten(job.source.name)))
         try:
             image = fut.result()  # (H, W, 3) uint8 RGB
-            index = p.predict_one(image, self.progress)  # (H, W) uint8 class indices
+            index, maps = p.predict_one(image, self.progress)  # (H, W) uint8 class indices, confidence maps
         except Exception as e:  # unreadable, empty, not an image, out of memory: report, go on
             self.failures.append((str(job.source), _describe(e)))
             self.progress.advance(self.images)
             return
         while self.writes and not _room(self.writes, image.shape[0] * image.shape[1], p.workers):
             self.finish_write()
-        args = (job, image, index, p.bundle.scheme, p.kinds, p.overwrite)
+        args = (job, image, index, p.bundle.scheme, p.kinds, p.overwrite, maps)
         # the writer owns image and index from here (it tints the image in place); returning drops ours
         self.writes.append((job, index.size, self.writers.submit(write_outputs, *args)))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..images import read_mask
+from ..images import mm2_per_pixel, parse_dpi_text, read_mask
 from ..labels import LabelScheme, load_scheme
 from ..runs import read_json_lenient
 from .page import MARKER
@@ -37,6 +37,8 @@ class Scan:
     object_px: int
     damage_pct: float  # % of the object (every pixel but background) in any damage class
     pixels: dict[str, int] = field(default_factory=dict)
+    mm2_per_px: float | None = None  # from the scan's resolution (areas.csv dpi), None when unknown
+    uncertainty: float | None = None  # mean uncertainty 0..1 (predict --save uncertainty), None when not saved
 
 
 @dataclass
@@ -100,7 +102,10 @@ def scans_from_table(folder: Path, scheme: LabelScheme) -> list[Scan]:
     for row in df.to_dict("records"):
         files = {k: _file(folder, row.get(k, "")) for k in ("index", "mask", "overlay")}
         pixels = {n: _int(row[f"{n}_px"]) for n in scheme.names}
-        scans.append(make_scan(folder, row["image"], files, _int(row["width"]), _int(row["height"]), pixels, scheme))
+        scan = make_scan(folder, row["image"], files, _int(row["width"]), _int(row["height"]), pixels, scheme)
+        scan.mm2_per_px = mm2_per_pixel(parse_dpi_text(row.get("dpi", "")))
+        scan.uncertainty = _float_or_none(row.get("uncertainty_mean", ""))
+        scans.append(scan)
     return scans
 
 
@@ -127,7 +132,27 @@ def scans_from_sidecars(folder: Path, scheme: LabelScheme) -> list[Scan]:
                 name=base.relative_to(folder).as_posix(),
             )
         )
+        scans[-1].mm2_per_px = mm2_per_pixel(record.get("dpi"))
+        scans[-1].uncertainty = _float_or_none(record.get("uncertainty_mean"))
     return scans
+
+
+def _float_or_none(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def gallery_order(scans: list[Scan]) -> tuple[list[Scan], str]:
+    """Most uncertain first when the batch saved uncertainty (look where the model hesitates), else most
+    damaged first; ties by name. -> (scans, what they are sorted by)."""
+    if any(s.uncertainty is not None for s in scans):
+        key = lambda s: (-(s.uncertainty if s.uncertainty is not None else -1), s.name)  # noqa: E731
+        return sorted(scans, key=key), "mean uncertainty"
+    key = lambda s: (-(s.damage_pct if not math.isnan(s.damage_pct) else -1), s.name)  # noqa: E731
+    return sorted(scans, key=key), "damage"
 
 
 def make_scan(

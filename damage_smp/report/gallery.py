@@ -34,7 +34,7 @@ from rich.console import Console
 from ..console import progress_bar
 from ..images import atomic_write_bytes, encode_image, read_image
 from ..labels import LabelScheme
-from .batch import Scan, read_batch, read_index
+from .batch import Scan, gallery_order, read_batch, read_index
 from .gallery_html import CARD_SIDE, Rendered, gallery_body
 from .page import Built, Page
 
@@ -122,7 +122,7 @@ def build_gallery(
     """Read the batch, write thumbnails, previews and mask scripts into the page folder; return the page body."""
     batch = read_batch(source)
     scheme = batch.scheme
-    order = sorted(batch.scans, key=lambda s: (-(s.damage_pct if not math.isnan(s.damage_pct) else -1), s.name))
+    order, _ = gallery_order(batch.scans)
     shown = order[:max_images] if max_images else order
     width = max(4, len(str(len(shown) - 1)))
 
@@ -167,7 +167,7 @@ def class_list(scheme: LabelScheme) -> list[dict]:
     return [
         {
             "name": c.name,
-            "color": "#{:02X}{:02X}{:02X}".format(*c.color),
+            "color": "#{:02X}{:02X}{:02X}".format(*c.shown),
             "damage": i in scheme.damage_indices,
             "draw": i in scheme.damage_indices,
         }
@@ -184,6 +184,7 @@ def scan_data(k: int, scan: Scan, r: Rendered, scheme: LabelScheme, page: Page, 
     return {
         "n": scan.name,
         "d": round(scan.damage_pct, 6) if not math.isnan(scan.damage_pct) else 0.0,
+        "u": round(scan.uncertainty, 6) if scan.uncertainty is not None else 0.0,
         "a": areas,
         "w": r.width,
         "h": r.height,

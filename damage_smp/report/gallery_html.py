@@ -37,9 +37,10 @@ def area_table(scan: Scan, scheme: LabelScheme) -> str:
     for px, i in sorted((p for p in present if p[0] > 0), reverse=True):
         c = scheme.classes[i]
         pct = 100.0 * px / scan.object_px if scan.object_px else math.nan
+        size = f"{px:,} px" if scan.mm2_per_px is None else f"{fmt_area(px * scan.mm2_per_px)} ({px:,} px)"
         rows.append(
-            f'<tr><th scope="row">{swatch(hex_color(c.color))}{esc(c.name)}</th>'
-            f'<td class="num">{fmt_pct(pct)} %</td><td class="num">{px:,} px</td></tr>'
+            f'<tr><th scope="row">{swatch(hex_color(c.shown))}{esc(c.name)}</th>'
+            f'<td class="num">{fmt_pct(pct)} %</td><td class="num">{size}</td></tr>'
         )
     if not rows:
         return '<p class="empty">no damage found</p>'
@@ -49,8 +50,14 @@ def area_table(scan: Scan, scheme: LabelScheme) -> str:
     )
     return (
         '<table class="areas"><thead><tr><th scope="col">class</th><th scope="col" class="num">% of object'
-        f'</th><th scope="col" class="num">pixels</th></tr></thead><tbody>{"".join(rows)}</tbody>{foot}</table>'
+        f'</th><th scope="col" class="num">{"area" if scan.mm2_per_px else "pixels"}</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody>{foot}</table>"
     )
+
+
+def fmt_area(mm2: float) -> str:
+    """An area in mm² below 100 mm², else in cm² (condition reports' units)."""
+    return f"{mm2:.3g} mm²" if mm2 < 100 else f"{mm2 / 100:.3g} cm²"
 
 
 def fit_box(w: int, h: int, box: float = 4 / 3) -> str:
@@ -107,7 +114,7 @@ def summary_html(batch: Batch) -> str:
         if n == 0:
             continue
         c = scheme.classes[i]
-        color = hex_color(c.color)
+        color = hex_color(c.shown)
         body.append(
             f'<tr><th scope="row">{swatch(color)}{esc(c.name)}</th><td class="barcell"><span class="bar">'
             f'<i style="--w:{max(0.3, 100 * pct / top):.2f}%;--c:{color}"></i>{fmt_pct(pct)} %</span></td>'
@@ -157,7 +164,7 @@ def gallery_body(
     cap = ""
     if len(shown) < len(batch.scans):
         cap = (
-            f'<p class="note" id="cap">Showing the {len(shown)} most damaged of {len(batch.scans)} scans '
+            f'<p class="note" id="cap">Showing the {len(shown)} {_first(shown)} of {len(batch.scans)} scans '
             f"(--max-images {max_images}); the summary above covers all {len(batch.scans)}.</p>"
         )
     cards = "".join(
@@ -169,7 +176,7 @@ def gallery_body(
 <section class="panel" id="summary" aria-labelledby="h-summary"><h2 id="h-summary">Collection summary</h2>
 {notes_html(batch, notes)}{summary_html(batch)}</section>
 <section id="gallery" aria-labelledby="h-gallery"><h2 id="h-gallery">Scans</h2>{cap}
-{toolbar_html(scheme, present, classes, len(shown))}
+{toolbar_html(scheme, present, classes, len(shown), any(s.uncertainty is not None for s in shown))}
 <noscript><p class="note">JavaScript is off: the damage overlays, sorting and filters need it.</p></noscript>
 <div class="grid" id="grid">{cards}</div>
 <p class="hint">Click a scan (or focus it and press Enter) to see it large; ← and → step through the shown scans.
@@ -204,7 +211,12 @@ def notes_html(batch: Batch, notes: list[str]) -> str:
     return note_html
 
 
-def toolbar_html(scheme: LabelScheme, present: list[int], classes: list[dict], n_shown: int) -> str:
+def _first(shown: list[Scan]) -> str:
+    return "most uncertain" if any(s.uncertainty is not None for s in shown) else "most damaged"
+
+
+def toolbar_html(scheme: LabelScheme, present: list[int], classes: list[dict], n_shown: int,
+                 uncertain: bool = False) -> str:  # fmt: skip
     """Sort, filter and opacity controls and one overlay chip per present class (and background, if any)."""
     bg = scheme.background_index
     toggles = present + ([bg] if bg is not None else [])
@@ -214,6 +226,8 @@ def toolbar_html(scheme: LabelScheme, present: list[int], classes: list[dict], n
         for i in toggles
     )
     sort_opts = ['<option value="damage">most damaged first</option>', '<option value="name">name</option>']
+    if uncertain:  # the server's order: look first where the model hesitates
+        sort_opts.insert(0, '<option value="uncertainty" selected>most uncertain first</option>')
     sort_opts += [f'<option value="class:{i}">{esc(scheme.names[i])} area, largest first</option>' for i in present]
     filter_opts = ['<option value="">all scans</option>', '<option value="any">any damage</option>']
     filter_opts += [f'<option value="{i}">{esc(scheme.names[i])}</option>' for i in present]

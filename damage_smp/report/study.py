@@ -202,7 +202,7 @@ def class_iou_table(rows: list[dict], cols: list[str], scheme: dict | None) -> s
     if not cols:
         return ""
     note = f" Absent from every run's test split: {esc(', '.join(c[4:] for c in absent))}." if absent else ""
-    colours = {c["name"]: c.get("color", "#888888") for c in (scheme or {}).get("classes", [])}
+    colours = {c["name"]: c.get("display", c.get("color", "#888888")) for c in (scheme or {}).get("classes", [])}
     head = "".join(f'<th scope="col">{swatch(colours.get(c[4:], "#888888"))}{esc(c[4:])}</th>' for c in cols)
     body = "".join(
         f'<tr data-name="{esc(r["name"])}"><th scope="row">{esc(r["name"])}</th>'
@@ -226,7 +226,10 @@ def first_scheme(run_dirs: list[Path]) -> dict | None:
 
 
 def scheme_classes(scheme: dict) -> list[dict]:
-    return [{"name": c.get("name", "?"), "color": c.get("color", "#888888")} for c in scheme.get("classes", [])]
+    return [
+        {"name": c.get("name", "?"), "color": c.get("display", c.get("color", "#888888"))}
+        for c in scheme.get("classes", [])
+    ]
 
 
 def _slug(name: str) -> str:
@@ -240,7 +243,7 @@ def run_section(
     run_dir = Path(row["path"])
     config = read_json_lenient(run_dir / "config.json")[0] or {}
     run_scheme = config.get("label_scheme") or scheme or {}
-    colours = {c.get("name"): c.get("color", "#888888") for c in run_scheme.get("classes", [])}
+    colours = {c.get("name"): c.get("display", c.get("color", "#888888")) for c in run_scheme.get("classes", [])}
     metrics = (read_json_lenient(run_dir / "metrics.json")[0] or {}).get(split) or {}
     facts = run_facts(row, run_dir)
     if row.get("note"):

@@ -187,6 +187,7 @@
       order.sort(function (a, b) {
         var s = D.scans[a.getAttribute("data-i")], t = D.scans[b.getAttribute("data-i")];
         if (mode === "name") return byName(a, b);
+        if (mode === "uncertainty") return t.u - s.u || byName(a, b);
         if (mode.indexOf("class:") === 0) {
           var k = mode.slice(6), r = pct(t, k) - pct(s, k);
           if (r) return r;
