@@ -248,7 +248,8 @@ def write_doc(b: Bench, data: dict, results: dict) -> None:
         f"Measured {results['date']} on {results['machine']}, git {results['git']}; wall time "
         f"**{results['wall_s'] / 60:.1f} min** for {len(results['seeds_done'])} of {len(p.seeds)} seeds"
         + (f" — **reduced protocol: {p.reduced}**" if p.reduced else "")
-        + ".",
+        + "."
+        + (f" {results['rerun_note']}" if results.get("rerun_note") else ""),
         "",
         f"Data: `synth --n {p.n} --size {p.size}`: {data['train']} train images, of which {data['labelled']} "
         f"labelled ({100 * p.labelled:.0f} %) and {data['unlabelled']} unlabelled; {data['val']} val, {data['test']} "
