@@ -28,6 +28,7 @@ from .images import read_image
 from .modelcard import model_card
 from .models import DamageModel, ModelBundle, load_bundle
 from .runs import RunPaths, sha256_file, write_json, write_text
+from .thresholds import BINS, read_thresholds
 from .tiling import as_chw_uint8, pad_to
 
 FORMATS = ("onnx", "torchscript", "smp")
@@ -373,6 +374,12 @@ def sidecar(bundle: ModelBundle, run_dir: Path, fmt: str, out: Path, parity: dic
         "decision": "argmax of the Gaussian-blended tile probabilities (damage-smp predict)",
         "parity": parity,
     }
+    tuned = read_thresholds(run_dir)
+    if tuned and tuned.get("checkpoint_sha256") == data["run"]["checkpoint_sha256"]:
+        data["thresholds"] = tuned  # predict MODEL.onnx applies it (--decision auto|tuned), as for the run
+        data["decision"] = (f"damage iff the summed damage probability >= {tuned['threshold']:.3f} (tuned on "
+                            f"{tuned['split']}; thresholds.level of {BINS} bins), then the most likely damage class; "
+                            "else the most likely other class. --decision argmax: the argmax")  # fmt: skip
     if fmt == "onnx":
         data["onnx"] = {"opset": ONNX_OPSET, "input": "image", "output": "logits"}
     return data

@@ -174,17 +174,19 @@ def read_thresholds(run_dir: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
-def resolve_decision(run_dir: Path, decision: str, scheme: LabelScheme, checkpoint_path: Path) -> Decision:
+def resolve_decision(
+    run_dir: Path, decision: str, scheme: LabelScheme, checkpoint_path: Path, exported: dict | None = None
+) -> Decision:
     """--decision argmax|tuned|auto -> the rule; auto is tuned when the run has thresholds.json for this
-    checkpoint, else argmax. tuned without a usable thresholds.json: one line saying how to make it."""
+    checkpoint, else argmax. tuned without a usable thresholds.json: one line saying how to make it.
+    An exported MODEL.onnx has no run dir: ``exported`` is its sidecar, which carries the thresholds its run
+    had for the exported checkpoint (or none)."""
     if decision not in (*DECISIONS, "auto"):
         raise ValueError(f"--decision {decision!r}: unknown; use argmax or tuned")
     if decision == "argmax":
         return Decision()
-    if not Path(run_dir).is_dir():  # an exported MODEL.onnx: no run dir, no thresholds.json
-        if decision == "tuned":
-            raise ValueError(f"--decision tuned: {run_dir} is an exported model; use its run dir, or --decision argmax")
-        return Decision()
+    if exported is not None:
+        return _exported_decision(run_dir, decision, scheme, exported.get("thresholds"))
     data = read_thresholds(run_dir)
     how = HOW_TO_TUNE.format(run=run_dir)
     if data is None:
@@ -197,5 +199,16 @@ def resolve_decision(run_dir: Path, decision: str, scheme: LabelScheme, checkpoi
         raise ValueError(
             f"--decision tuned: {Path(run_dir) / FILE} was tuned for another checkpoint than {checkpoint_path.name}; "
             f"tune it again with `{how} --checkpoint {checkpoint_path.stem}`"
+        )
+    return Decision.tuned(scheme, int(data["level"]))
+
+
+def _exported_decision(model: Path, decision: str, scheme: LabelScheme, data: dict | None) -> Decision:
+    if data is None:
+        if decision == "auto":
+            return Decision()
+        raise ValueError(
+            f"--decision tuned: {model} was exported without a tuned threshold; run `{HOW_TO_TUNE.format(run='RUN')}`"
+            " and export again, or use --decision argmax"
         )
     return Decision.tuned(scheme, int(data["level"]))

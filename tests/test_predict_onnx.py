@@ -126,17 +126,23 @@ def exported(run_dir, tmp_path_factory) -> Path:
 
 
 def test_runless_predict_of_an_exported_onnx_file_equals_the_run_backend(run_dir, exported, tmp_path, cache):
+    """The sidecar carries the run's tuned threshold: both decisions give the masks the run dir gives."""
     scans = tmp_path / "scans"
     write_image(scans / "a.png", make_pair(np.random.default_rng(7), size=(96, 161))[0])
-    # an exported file carries no thresholds.json: it predicts with the argmax, as the run does with --decision argmax
-    assert _predict(run_dir, scans, tmp_path / "run", "--backend", "onnxruntime", "--decision", "argmax").exit_code == 0
-    res = _predict(exported, scans, tmp_path / "file")
-    assert res.exit_code == 0, res.output
-    assert "(onnxruntime)" in res.output
-    assert np.array_equal(_index(tmp_path / "run" / "a_index.png"), _index(tmp_path / "file" / "a_index.png"))
-    settings = json.loads((tmp_path / "file" / "predict.json").read_text())
-    assert settings["backend"] == "onnxruntime" and settings["run_dir"] == str(exported.resolve())
-    assert settings["label_scheme"] == SCHEME.to_dict()
+    tuned = json.loads((run_dir / "thresholds.json").read_text())
+    assert json.loads(Path(f"{exported}.json").read_text())["thresholds"]["level"] == tuned["level"]
+    for decision in ("argmax", "tuned"):
+        run_out, file_out = tmp_path / f"run-{decision}", tmp_path / f"file-{decision}"
+        res = _predict(run_dir, scans, run_out, "--backend", "onnxruntime", "--decision", decision)
+        assert res.exit_code == 0, res.output
+        res = _predict(exported, scans, file_out, *(["--decision", "argmax"] if decision == "argmax" else []))
+        assert res.exit_code == 0, res.output
+        assert "(onnxruntime)" in res.output
+        assert np.array_equal(_index(run_out / "a_index.png"), _index(file_out / "a_index.png"))
+        settings = json.loads((file_out / "predict.json").read_text())
+        assert settings["backend"] == "onnxruntime" and settings["run_dir"] == str(exported.resolve())
+        assert settings["decision"] == decision and settings["label_scheme"] == SCHEME.to_dict()
+    assert settings["threshold"] == tuned["threshold"]
 
 
 def _copy_model(exported: Path, folder: Path, sidecar: bool = True) -> Path:
@@ -158,6 +164,10 @@ def test_bad_exported_models_are_one_line_and_exit_1(exported, tmp_path):
     meta = json.loads(Path(f"{corrupt}.json").read_text())
     del meta["file_sha256"]  # an older sidecar: ONNX Runtime itself must refuse the file
     Path(f"{corrupt}.json").write_text(json.dumps(meta))
+    untuned = _copy_model(exported, tmp_path / "e")
+    meta = json.loads(Path(f"{untuned}.json").read_text())
+    del meta["thresholds"]  # a run exported before it had a thresholds.json
+    Path(f"{untuned}.json").write_text(json.dumps(meta))
     foreign = _copy_model(exported, tmp_path / "d")
     Path(f"{foreign}.json").write_text('{"something": "else"}')
     cases = [
@@ -167,6 +177,7 @@ def test_bad_exported_models_are_one_line_and_exit_1(exported, tmp_path):
         (foreign, [], "not a damage-smp ONNX sidecar"),
         (exported, ["--backend", "torch"], "an ONNX file runs on --backend onnxruntime"),
         (tmp_path / "missing.onnx", [], "no such ONNX file"),
+        (untuned, ["--decision", "tuned"], "was exported without a tuned threshold"),
     ]
     for model, extra, message in cases:
         res = _predict(model, scans, tmp_path / "out", *extra)

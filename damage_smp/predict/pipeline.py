@@ -116,7 +116,8 @@ def predict(
     records = _check_out(out, mine, kinds, k, n)  # before the model is even loaded
 
     bundle, backend, dev = load_model(run_dir, checkpoint, backend, device)
-    rule = resolve_decision(Path(run_dir), decision, bundle.scheme, bundle.checkpoint_path)
+    rule = resolve_decision(Path(run_dir), decision, bundle.scheme, bundle.checkpoint_path,
+                            exported=bundle.sidecar if isinstance(bundle, ExportedModel) else None)  # fmt: skip
     sizes = parse_min_area(min_area, bundle.scheme)
     settings = _settings(run_dir, checkpoint, bundle, rule, sizes, tile=tile, overlap=overlap, tta=tta, backend=backend)
     _prepare_out(out, settings, bundle, overwrite, k, n)
