@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup browser sample demo test lint format bench clean docs-cli
+.PHONY: setup browser sample demo test lint format bench bench-labels clean docs-cli
 
 setup: $(STAMP)
 
@@ -48,6 +48,11 @@ format:
 
 bench: setup sample
 	$(BIN)/python -m benchmarks.run
+
+# Few labels, many scans: scratch / ImageNet / pre-train / self-training arms at one budget, 3 seeds (~1 h on
+# 2 cores; QUICK=1 for a smoke test). Writes benchmarks/labels_results.json and docs/label-efficiency.md.
+bench-labels: setup
+	$(BIN)/python -m benchmarks.labels $(if $(QUICK),--quick)
 
 docs-cli: setup
 	$(BIN)/python -m damage_smp.clidoc > docs/cli.md

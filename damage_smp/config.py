@@ -81,6 +81,10 @@ class TrainConfig:
     """Train (with a warning) although the manifest lists an image twice or in two splits; refused otherwise."""
     colour_tolerance: int | None = None
     """Snap mask colours within N (per channel) of one class's colour to it, e.g. JPEG (default: the scheme's, 0)."""
+    pseudo: str | None = None
+    """Folder made by `damage-smp pseudo-label`: its masks join the training images (never val or test)."""
+    pseudo_weight: float = 1.0
+    """Loss weight of each --pseudo crop relative to a labelled one (> 0)."""
     # --- model
     arch: str = "unet"
     """smp architecture: unet, unetplusplus, fpn, deeplabv3plus, segformer, ..."""
@@ -207,6 +211,8 @@ class TrainConfig:
             bad("aug_strength", f"must be in [0, 2], got {self.aug_strength}")
         if self.colour_tolerance is not None and not 0 <= self.colour_tolerance <= 255:
             bad("colour_tolerance", f"must be 0 to 255, got {self.colour_tolerance}")
+        if self.pseudo_weight <= 0 or (self.pseudo is None and self.pseudo_weight != 1):
+            bad("pseudo_weight", f"must be > 0 and needs --pseudo DIR, got {self.pseudo_weight}")
         if self.max_pixels < 1:
             bad("max_pixels", "must be positive")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):

@@ -48,6 +48,10 @@ class SegmentationDataset(Dataset):
 
     Decoded rows live in an LRU cache of ``cache_mb`` per process; with ``decode_cache``, big images live in
     that on-disk cache as memory maps instead (which cost this budget nothing).
+
+    ``mask_schemes`` (one per row) reads some rows' masks with another scheme than ``scheme`` (pseudo masks,
+    ``selftrain.index_scheme``); with ``weights`` (one per row) items also carry ``"weight"``: float32, the loss
+    weight of that row's crops.
     """
 
     def __init__(
@@ -63,6 +67,8 @@ class SegmentationDataset(Dataset):
         seed: int = 0,
         pad_to: int | None = None,
         decode_cache: DecodeCache | None = None,
+        mask_schemes: list[LabelScheme] | None = None,
+        weights: list[float] | None = None,
     ):
         missing = [c for c in ("image_path", "mask_path") if c not in rows.columns]
         if missing:
@@ -82,9 +88,11 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.pad_to = pad_to
         self.decode_cache = decode_cache
-        self._mask_kind = (
-            "index-" + hashlib.sha1(json.dumps(scheme.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-        )
+        for name, given in (("mask_schemes", mask_schemes), ("weights", weights)):
+            if given is not None and len(given) != len(self.images):
+                raise ValueError(f"dataset: {len(given)} {name} for {len(self.images)} rows")
+        self.mask_schemes = mask_schemes
+        self.weights = None if weights is None else [float(w) for w in weights]
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by every worker
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cached = 0  # bytes of in-memory arrays in _cache (memory maps count 0)
@@ -131,18 +139,21 @@ class SegmentationDataset(Dataset):
         image = self.decode_cache.get(image_path, "image", lambda: read_image(image_path, self.max_pixels))
         if image.shape[0] * image.shape[1] > self.max_pixels:  # cached under a higher --max-pixels
             check_pixels(image_path, self.max_pixels)  # raises the decompression-bomb message
-        index = self.decode_cache.get(mask_path, self._mask_kind, lambda: self._decode_mask(row))
+        index = self.decode_cache.get(mask_path, mask_kind(self.scheme_of(row)), lambda: self._decode_mask(row))
         return self._checked(row, image, index)
+
+    def scheme_of(self, row: int) -> LabelScheme:
+        return self.scheme if self.mask_schemes is None else self.mask_schemes[row]
 
     def _decode_mask(self, row: int) -> np.ndarray:
         """(H, W) uint8 class indices of a row's mask file."""
-        mask_path = self.masks[row]
+        mask_path, scheme = self.masks[row], self.scheme_of(row)
         raw = read_mask(mask_path, self.max_pixels)
         try:
-            return self.scheme.decode(raw)
+            return scheme.decode(raw)
         except UnknownMaskValues as e:
             raise ValueError(
-                f"{mask_path}: {e} of scheme {self.scheme.name!r}; pass the right --labels, or run "
+                f"{mask_path}: {e} of scheme {scheme.name!r}; pass the right --labels, or run "
                 "`damage-smp manifest check CSV` to list every such mask"
             ) from None
 
@@ -186,11 +197,14 @@ class SegmentationDataset(Dataset):
             self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # (3, H, W) uint8
             "mask": torch.from_numpy(mask.astype(np.int64)),  # (H, W) int64, 255 = ignore
             "index": row,
         }
+        if self.weights is not None:
+            item["weight"] = torch.tensor(self.weights[row], dtype=torch.float32)
+        return item
 
     def _order(self, epoch: int, block: int) -> np.ndarray:
         """A seeded permutation of the rows, so every image is visited about equally often per epoch."""
@@ -200,6 +214,11 @@ class SegmentationDataset(Dataset):
                 self._orders.clear()
             self._orders[key] = np.random.default_rng([self.seed, epoch, block, 2]).permutation(len(self.images))
         return self._orders[key]
+
+
+def mask_kind(scheme: LabelScheme) -> str:
+    """The decode cache's name for class indices decoded with ``scheme``."""
+    return "index-" + hashlib.sha1(json.dumps(scheme.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def random_crop(

@@ -184,7 +184,10 @@ def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, LabelScheme, dict
     return cfg, scheme, data.get("model", {})
 
 
-def write_run_config(run_dir: str | Path, cfg: TrainConfig, scheme: LabelScheme, model_info: dict) -> None:
+def write_run_config(
+    run_dir: str | Path, cfg: TrainConfig, scheme: LabelScheme, model_info: dict, extra: dict | None = None
+) -> None:
+    """config.json; ``extra``: further top-level sections (e.g. "self_training": teacher, round, pseudo folder)."""
     write_json(
         RunPaths(Path(run_dir)).config,
         {
@@ -192,6 +195,7 @@ def write_run_config(run_dir: str | Path, cfg: TrainConfig, scheme: LabelScheme,
             "train": cfg.to_dict(),
             "label_scheme": scheme.to_dict(),
             "model": model_info,
+            **(extra or {}),
         },
     )
 

@@ -36,16 +36,10 @@ from .plots import save_curves
 from .pretrained import resolve_init
 from .rng import get_rng_state, set_rng_state
 from .rundir import RunDirClaim, claim_run_dir
-from .runs import (
-    HISTORY_FIELDS,
-    RunPaths,
-    write_csv,
-    write_json,
-    write_run_config,
-    write_state,
-)
+from .runs import HISTORY_FIELDS, RunPaths, write_csv, write_json, write_run_config, write_state
 from .runstate import TrainingStopped, run_state
 from .schedule import lr_factor, set_lr
+from .selftrain import PseudoSet, load_pseudo
 from .system import EnergyMeter, environment, peak_memory_mb, resolve_amp, resolve_device
 from .validation import save_samples, tune_thresholds, validate
 
@@ -143,24 +137,27 @@ def setup(cfg: TrainConfig, resume: str | Path | None, console: Console) -> Run:
         console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     train_rows = subset_rows(split_rows(manifest, "train"), cfg.train_fraction, cfg.seed)
     val_rows = split_rows(manifest, "val")
+    pseudo = load_pseudo(cfg, scheme, manifest, say=console.print if rank == 0 else None)  # --pseudo: train only
 
     claim = claim_run_dir(cfg, resume) if rank == 0 else None  # a new run is made in a staging folder
     with claim_cleanup(claim):
         where = Path(ddp.broadcast(str(claim.path) if claim is not None else None))
-        run = build_run(cfg, resume, where, scheme, train_rows, val_rows, device, (rank, world), console)
+        run = build_run(cfg, resume, where, scheme, train_rows, val_rows, device, (rank, world), console, pseudo)
         if claim is not None:
             run.paths = RunPaths(claim.commit())  # the staging folder takes the run's name (old run, if any, goes)
     run.paths = RunPaths(Path(ddp.broadcast(str(run.paths.root))))
+    extra = f"+{len(pseudo.rows)} pseudo" if pseudo else ""  # --pseudo images join the training set
     run.say(
         f"[bold]{run.paths.root}[/]  {cfg.arch}/{cfg.encoder} weights={run.info['weights_source']} "
-        f"{'frozen encoder' if run.frozen else 'fine-tuning'}  train={len(train_rows)} val={len(val_rows)} images  "
+        f"{'frozen encoder' if run.frozen else 'fine-tuning'}  train={len(train_rows)}{extra} val={len(val_rows)} "
+        "images  "
         f"{run.info['params_trainable_at_start'] / 1e6:.2f}M/{run.info['params_total'] / 1e6:.2f}M trainable params"
         f"  device={device}" + (f" x{world}" if world > 1 else "")
     )
     return run
 
 
-def build_run(cfg, resume, where: Path, scheme, train_rows, val_rows, device, shard, console) -> Run:
+def build_run(cfg, resume, where: Path, scheme, train_rows, val_rows, device, shard, console, pseudo=None) -> Run:
     """The model and everything around it in ``where``; a new run gets config.json, env.json, a first checkpoint."""
     paths = RunPaths(where)
     torch.manual_seed(cfg.seed)
@@ -172,7 +169,7 @@ def build_run(cfg, resume, where: Path, scheme, train_rows, val_rows, device, sh
     trainable, total = count_params(model)
     info = {**info, "params_total": total, "params_trainable_at_start": trainable}
     if shard[0] == 0 and resume is None:
-        write_run_config(paths.root, cfg, scheme, info)
+        write_run_config(paths.root, cfg, scheme, info, {"self_training": pseudo.record} if pseudo else None)
         write_json(paths.env, environment(Path(cfg.manifest), device, info, shard[1]))
     for msg in info.get("messages", []) if shard[0] == 0 else []:
         console.print(f"[yellow]{msg}[/]")
@@ -184,7 +181,7 @@ def build_run(cfg, resume, where: Path, scheme, train_rows, val_rows, device, sh
     frozen = is_frozen(cfg, max(1, start_epoch - 1))
     set_encoder_frozen(model, frozen)
     check_step_fits(model, cfg, scheme.num_classes, device)  # refuse a crop/batch that cannot fit, with numbers
-    run = assemble(cfg, paths, scheme, device, model, frozen, train_rows, val_rows, shard, console)
+    run = assemble(cfg, paths, scheme, device, model, frozen, train_rows, val_rows, shard, console, pseudo)
     run.info, run.start_epoch = info, start_epoch
     if ckpt is not None:
         restore(run, ckpt)
@@ -196,8 +193,10 @@ def build_run(cfg, resume, where: Path, scheme, train_rows, val_rows, device, sh
     return run
 
 
-def assemble(cfg, paths, scheme, device, model, frozen, train_rows, val_rows, shard, console) -> Run:
-    """Loss, optimizer, scaler, dataset and loader around a built model (no state restored yet)."""
+def assemble(cfg, paths, scheme, device, model, frozen, train_rows, val_rows, shard, console,
+             pseudo: PseudoSet | None = None) -> Run:  # fmt: skip
+    """Loss, optimizer, scaler, dataset and loader around a built model (no state restored yet); --pseudo rows
+    join the training dataset only (their masks read by their own scheme, their crops weighted)."""
     rank, world = shard
     class_weights = None
     if cfg.class_weights == "auto":
@@ -211,10 +210,11 @@ def assemble(cfg, paths, scheme, device, model, frozen, train_rows, val_rows, sh
         group.setdefault("base_lr", group["lr"])
     amp_dtype = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    dataset = SegmentationDataset(train_rows, scheme, crop_size=cfg.crop_size, samples_per_epoch=cfg.samples_per_epoch,
+    rows, schemes, weights = pseudo.training_inputs(train_rows, scheme) if pseudo else (train_rows, None, None)
+    dataset = SegmentationDataset(rows, scheme, crop_size=cfg.crop_size, samples_per_epoch=cfg.samples_per_epoch,
                                   transform=train_transform(cfg.aug_strength), max_pixels=cfg.max_pixels,
-                                  cache_mb=cfg.cache_mb, seed=cfg.seed,
-                                  decode_cache=default_decode_cache())  # fmt: skip
+                                  cache_mb=cfg.cache_mb, seed=cfg.seed, decode_cache=default_decode_cache(),
+                                  mask_schemes=schemes, weights=weights)  # fmt: skip
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False) if world > 1 else None
     loader = make_loader(dataset, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, device_type=device.type,
                          sampler=sampler, drop_last=len(dataset) >= cfg.batch_size * world)  # fmt: skip
@@ -270,7 +270,7 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[float, int, float, EnergyMete
                 set_lr(run.optimizer, lr_factor(run.step, run.total_steps, cfg.warmup_iters, cfg.schedule))
             loss = train_step(run.model, run.net, run.optimizer, run.scaler, run.loss_fn, images, masks,
                               amp_dtype=run.amp_dtype, accum_steps=cfg.accum_steps, grad_clip=cfg.grad_clip,
-                              update=update)  # fmt: skip
+                              update=update, weights=batch.get("weight"))  # fmt: skip
             if not math.isfinite(loss):
                 raise TrainingStopped(
                     f"loss became {loss} at epoch {epoch}, batch {i + 1}; training stopped and "
@@ -303,8 +303,9 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[t
 
 
 def train_step(model, net, optimizer, scaler, loss_fn, images, masks, *, amp_dtype=None, accum_steps: int = 1,
-               grad_clip: float = 0.0, update: bool = True) -> float:  # fmt: skip
+               grad_clip: float = 0.0, update: bool = True, weights=None) -> float:  # fmt: skip
     """One batch: forward under autocast (CUDA), loss in fp32, scaled backward; with ``update``, clip and step.
+    ``weights``: (N,) per-sample loss weights (--pseudo-weight), or None.
 
     ``model`` is the DamageModel (whose parameters are clipped), ``net`` what is called (it or its wrapper).
     Returns the batch loss as a float (NaN/inf are the caller's to handle; nothing was stepped on them
@@ -312,7 +313,7 @@ def train_step(model, net, optimizer, scaler, loss_fn, images, masks, *, amp_dty
     """
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = net(images)  # (N, C, H, W)
-        loss = loss_fn(logits.float(), masks)
+        loss = loss_fn(logits.float(), masks) if weights is None else loss_fn(logits.float(), masks, weights)
     value = loss.item()
     if not math.isfinite(value):
         return value

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from . import data, pretraining, results, training, using  # noqa: F401  (registers the commands)
+from . import data, pretraining, results, selftrain, training, using  # noqa: F401  (registers the commands)
 from .app import UserError, app, console, err_console, fail, user_errors
 
 __all__ = ["UserError", "app", "console", "err_console", "fail", "main", "user_errors"]

@@ -36,11 +36,11 @@ class CompareResult:
 
 
 # ============================================================================================ tables
-RUN_COLUMNS = ["name", "status", "arch", "encoder", "weights", "weights_path", "schedule", "train_fraction", "seed",
-               "labels", "manifest", "epochs", "epochs_run", "time_budget", "steps", "params_trainable",
-               "params_total", "train_time_s", "img_per_s", "peak_mem_mb", "energy_wh", "energy_source", "best_val",
-               *SUMMARY_COLUMNS, "metric", "baseline", "delta", "ci_low", "ci_high", "n_images", "checkpoint", "group",
-               "path", "note"]  # fmt: skip
+RUN_COLUMNS = ["name", "status", "arch", "encoder", "weights", "weights_path", "init", "self_training", "teacher",
+               "round", "schedule", "train_fraction", "seed", "labels", "manifest", "epochs", "epochs_run",
+               "time_budget", "steps", "params_trainable", "params_total", "train_time_s", "img_per_s", "peak_mem_mb",
+               "energy_wh", "energy_source", "best_val", *SUMMARY_COLUMNS, "metric", "baseline", "delta", "ci_low",
+               "ci_high", "n_images", "checkpoint", "group", "path", "note"]  # fmt: skip
 
 
 def runs_frame(runs: list[dict]) -> pd.DataFrame:
@@ -97,25 +97,25 @@ def epochs_cell(row: dict) -> str:
 def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     """Headers and cells of the run table and the group table (shared by the terminal and compare.md)."""
     m = result.metric
-    head = ["run", "status", "weights", "schedule", "frac", "seed", "params (train/total)", "epochs",
+    head = ["run", "status", "init", "self-training", "schedule", "frac", "seed", "params (train/total)", "epochs",
             "train s", "img/s", "peak MB", "energy Wh", "best val", "mIoU", "damage mIoU", "dmg-vs-clean F1",
             f"Δ {m}", "95% CI"]  # fmt: skip
     rows = []
     for r in result.runs.to_dict("records"):
         rows.append([
-            r["name"], r["status"], fmt(r["weights"]), fmt(r["schedule"]), fmt(r["train_fraction"], "g"),
-            fmt(r["seed"], ".0f"), params(r), epochs_cell(r),
+            r["name"], r["status"], fmt(r["init"]), fmt(r["self_training"]), fmt(r["schedule"]),
+            fmt(r["train_fraction"], "g"), fmt(r["seed"], ".0f"), params(r), epochs_cell(r),
             fmt(r["train_time_s"], ".0f"), fmt(r["img_per_s"], ".1f"), fmt(r["peak_mem_mb"], ".0f"),
             energy(r), fmt(r["best_val"]), fmt(r["miou"]), fmt(r["damage_miou"]),
             fmt(r["damage_f1"]), "baseline" if r["baseline"] == r["name"] else fmt(r["delta"], "+.3f"), ci(r),
         ])  # fmt: skip
-    ghead = ["group", "kind", "n", "weights", "schedule", "frac", "train s", "best val", "mIoU", "damage mIoU",
-             "dmg-vs-clean F1", f"Δ {m}", "95% CI"]  # fmt: skip
+    ghead = ["group", "kind", "n", "init", "self-training", "schedule", "frac", "train s", "best val", "mIoU",
+             "damage mIoU", "dmg-vs-clean F1", f"Δ {m}", "95% CI"]  # fmt: skip
     grows = []
     for r in result.groups.to_dict("records") if not result.groups.empty else []:
         delta = "baseline" if r["baseline"] == r["name"] else pm(r, "delta", "+.3f")
         grows.append([
-            r["name"], r["row_type"], str(r["n"]), fmt(r["weights"]), fmt(r["schedule"]),
+            r["name"], r["row_type"], str(r["n"]), fmt(r["init"]), fmt(r["self_training"]), fmt(r["schedule"]),
             fmt(r["train_fraction"], "g"), pm(r, "train_time_s", ".0f"), pm(r, "best_val"), pm(r, "miou"),
             pm(r, "damage_miou"), pm(r, "damage_f1"), delta, ci(r),
         ])  # fmt: skip
@@ -138,7 +138,8 @@ def class_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     return ["run / group", *[c[4:] for c in iou_cols]], rows
 
 
-KEY_COLUMNS = ("run", "status", "weights", "schedule", "frac", "seed", "damage mIoU", "group", "kind", "n")
+KEY_COLUMNS = ("run", "status", "init", "self-training", "schedule", "frac", "seed", "damage mIoU", "group", "kind",
+               "n")  # fmt: skip
 
 
 def print_tables(result: CompareResult, console: Console) -> None:
@@ -174,7 +175,7 @@ def print_table(console: Console, title: str, head: list[str], rows: list[list[s
             return max(len(head[i]), *(len(r[i]) for r in rows)) + 3
 
         need = min(18, max(len(r[0]) for r in rows))
-        for name in ("frac", "kind", "n", "seed", "schedule", "status", "weights"):
+        for name in ("frac", "kind", "n", "seed", "schedule", "status", "self-training", "init"):
             if console.width - 4 - sum(width(i) for i in keep if i) >= need:
                 break
             keep = [i for i in keep if head[i] != name]

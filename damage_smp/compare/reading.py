@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -10,9 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CONFIG_VERSION, TrainConfig
-from ..runs import read_json_lenient, split_filename, stale_checked
+from ..runs import describe_init, read_json_lenient, split_filename, stale_checked
 
 SUMMARY_COLUMNS = ("miou", "damage_miou", "damage_iou", "damage_f1", "pixel_accuracy")
+# settings that change how a run ran, not what it learnt: runs differing only in these (and the seed) are repeats
+RUNTIME_FIELDS = {"seed", "name", "out_dir", "overwrite", "device", "num_workers", "cache_mb", "samples",
+                  "save_every", "compile", "channels_last", "max_pixels", "deterministic", "amp",
+                  "patience"}  # fmt: skip
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
@@ -62,6 +67,28 @@ def weights_label(cfg: dict) -> str:
     return w if w in ("imagenet", "none") else ("path" if w else "")
 
 
+def is_scratch(cfg: dict) -> bool:
+    """Random weights, no pre-train run, no pseudo labels: the baseline every other initialisation is held to."""
+    return weights_label(cfg) == "none" and not cfg.get("init_from") and not cfg.get("pseudo")
+
+
+def self_training_label(st: dict | None) -> str:
+    """'round 1 ← TEACHER (t 0.9, w 1)' for a run trained with --pseudo, else ''."""
+    if not st:
+        return ""
+    teacher, t, w = st.get("teacher_name") or "?", st.get("threshold"), st.get("weight")
+    return f"round {st.get('round', '?')} ← {teacher} (t {t}, w {w})"
+
+
+def self_training_key(st: dict) -> str:
+    """What a --pseudo run learnt from, independent of the (per-seed) pseudo folder and teacher: the round, the
+    threshold, TTA and the teacher's settings but for its seed and run-time settings — so students of the
+    seeds of one teacher setting form one seed group."""
+    teacher = {k: v for k, v in (st.get("teacher_config") or {}).items() if k not in RUNTIME_FIELDS | {"pseudo"}}
+    parts = {k: st.get(k) for k in ("round", "threshold", "tta", "checkpoint")}
+    return json.dumps({**parts, "teacher": teacher}, sort_keys=True)
+
+
 def read_run(run_dir: Path, name: str, split: str, metric: str) -> dict:
     """One run's row: settings, cost, validation and test numbers, status; never raises on a bad run dir."""
     problems: list[str] = []
@@ -109,11 +136,19 @@ def _settings(row: dict, private: dict, config: dict | None, env: dict | None, p
         model = config.get("model") or {}
         scheme = config.get("label_scheme") or {}
         private["cfg"] = cfg
+    st = (config or {}).get("self_training") if cfg.get("pseudo") else None
+    st = st if isinstance(st, dict) else None
+    if st:  # students of one teacher setting group across seeds (each seed has its own pseudo folder)
+        private["cfg"] = {**cfg, "pseudo": self_training_key(st)}
     row.update(
         arch=cfg.get("arch", ""),
         encoder=cfg.get("encoder", ""),
         weights=weights_label(cfg),
         weights_path=cfg.get("encoder_weights", "") if weights_label(cfg) == "path" else "",
+        init=describe_init(cfg, model) if cfg else "",
+        self_training=self_training_label(st),
+        teacher=(st or {}).get("teacher_name", ""),
+        round=(st or {}).get("round", 0) if cfg else math.nan,
         schedule=schedule_label(cfg) if cfg else "",
         train_fraction=cfg.get("train_fraction", math.nan),
         seed=cfg.get("seed", math.nan),

@@ -14,16 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import scores
-from .reading import SUMMARY_COLUMNS, ImageCounts, to_float, weights_label
+from .reading import RUNTIME_FIELDS, SUMMARY_COLUMNS, ImageCounts, is_scratch, to_float
 
 METRICS = ("damage_miou", "miou", "mdice", "damage_iou", "damage_f1", "damage_precision", "damage_recall",
            "pixel_accuracy", "fw_iou")  # fmt: skip
 N_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
-# settings that change how a run ran, not what it learnt: runs differing only in these (and the seed) are repeats
-RUNTIME_FIELDS = {"seed", "name", "out_dir", "overwrite", "device", "num_workers", "cache_mb", "samples",
-                  "save_every", "compile", "channels_last", "max_pixels", "deterministic", "amp",
-                  "patience"}  # fmt: skip
 FOLD_STEM = re.compile(r"^fold[-_](?P<fold>.+)$")
 AGGREGATED = ("best_val", *SUMMARY_COLUMNS, "train_time_s", "img_per_s", "peak_mem_mb", "energy_wh", "epochs_run")
 
@@ -186,7 +182,7 @@ def choose_baselines(units: list[Unit], baseline: str, notes: list[str]) -> dict
         candidates = []
         for other in units:
             ocfg = other.first["_private"]["cfg"]
-            if ocfg is None or weights_label(ocfg) != "none":
+            if ocfg is None or not is_scratch(ocfg):
                 continue
             same = all(ocfg.get(k) == cfg.get(k) for k in ("arch", "encoder", "train_fraction", "labels",
                                                              "ignore_background"))  # fmt: skip
@@ -285,8 +281,8 @@ def seed_group_rows(units: list[Unit], base_of: dict, metric: str) -> list[dict]
 def aggregate_row(label: str, kind: str, runs: list[dict], unit: Unit | None) -> dict:
     first = runs[0]
     row = {"row_type": kind, "name": label, "n": len(runs), "members": ";".join(r["name"] for r in runs)}
-    for k in ("arch", "encoder", "weights", "schedule", "train_fraction", "labels", "epochs", "params_trainable",
-              "params_total"):  # fmt: skip
+    for k in ("arch", "encoder", "weights", "init", "self_training", "round", "schedule", "train_fraction", "labels",
+              "epochs", "params_trainable", "params_total"):  # fmt: skip
         row[k] = first.get(k)
     row["seed"] = ",".join(str(r.get("seed")) for r in runs)
     row["status"] = ",".join(sorted({r["status"] for r in runs}))
@@ -320,8 +316,8 @@ def fold_group_rows(units: list[Unit], base_of: dict, metric: str, notes: list[s
         label = f"{first.label} (folds {','.join(names)})"
         row = {"row_type": "folds", "name": label, "n": len(names), "members": ";".join(
             r["name"] for f in names for r in by_fold[f].runs)}  # fmt: skip
-        for k in ("arch", "encoder", "weights", "schedule", "train_fraction", "labels", "epochs",
-                  "params_trainable", "params_total"):  # fmt: skip
+        for k in ("arch", "encoder", "weights", "init", "self_training", "round", "schedule", "train_fraction",
+                  "labels", "epochs", "params_trainable", "params_total"):  # fmt: skip
             row[k] = first.first.get(k)
         row["status"] = ",".join(sorted({r["status"] for f in names for r in by_fold[f].runs}))
         columns = [*AGGREGATED, "metric", *[k for k in first.first if k.startswith("iou_")]]

@@ -78,8 +78,13 @@ def expand_input(text: str, skip: Path | None = None) -> list[tuple[Path, Path]]
     path = Path(text)
     if path.is_dir():
         if is_predict_output(path):
+            made_by, marker = (
+                ("predict", PREDICT_MARKER)
+                if (path / PREDICT_MARKER).is_file()
+                else ("pseudo-label", MARKERS["pseudo"])
+            )
             raise ValueError(
-                f"{path}: is the output folder of a damage-smp predict ({PREDICT_MARKER} is there), not scans; "
+                f"{path}: is the output folder of a damage-smp {made_by} ({marker} is there), not scans; "
                 "give the folder of the scans"
             )
         files = list_inputs(path, skip)
@@ -103,7 +108,8 @@ def expand_input(text: str, skip: Path | None = None) -> list[tuple[Path, Path]]
 
 
 def is_predict_output(folder: Path) -> bool:
-    return (folder / PREDICT_MARKER).is_file()
+    """A folder of masks damage-smp wrote (predict's, or pseudo-label's): never searched for scans."""
+    return (folder / PREDICT_MARKER).is_file() or (folder / MARKERS["pseudo"]).is_file()
 
 
 def list_inputs(folder: Path, skip: Path | None = None) -> list[Path]:

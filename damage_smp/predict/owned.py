@@ -68,20 +68,20 @@ def output_entry(job: Job, kind: str) -> dict:
     return {"file": job.output(kind).name, "bytes": _size(job.output(kind))}
 
 
-def marked(data: bytes, suffix: str) -> bytes:
+def marked(data: bytes, suffix: str, mark: bytes = MARK) -> bytes:
     """Encoded PNG or JPEG bytes with the mark inserted (a tEXt chunk after IHDR; a comment after SOI/APP0)."""
     if suffix.lower() == ".png":
-        body = b"tEXt" + b"Software\x00" + MARK
+        body = b"tEXt" + b"Software\x00" + mark
         chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
         return data[:PNG_IHDR_END] + chunk + data[PNG_IHDR_END:]
     at = 2 + (2 + int.from_bytes(data[4:6], "big") if data[2:4] == b"\xff\xe0" else 0)  # JFIF's APP0 stays first
-    return data[:at] + b"\xff\xfe" + struct.pack(">H", len(MARK) + 2) + MARK + data[at:]
+    return data[:at] + b"\xff\xfe" + struct.pack(">H", len(mark) + 2) + mark + data[at:]
 
 
-def carries_mark(path: Path) -> bool:
+def carries_mark(path: Path, mark: bytes = MARK) -> bool:
     try:
         with open(path, "rb") as f:
-            return MARK in f.read(MARK_WITHIN)
+            return mark in f.read(MARK_WITHIN)
     except OSError:
         return False
 

@@ -26,7 +26,8 @@ MAX_SAMPLES = 6  # sample overlays shown per run
 WIDE = ' class="wide"'  # a figure spanning the whole row (the per-class bars are wide)
 RUN_COLUMNS = [  # (header, compare.csv column, format)
     ("status", "status", ""),
-    ("weights", "weights", ""),
+    ("init", "init", ""),
+    ("self-training", "self_training", ""),
     ("schedule", "schedule", ""),
     ("train frac.", "train_fraction", "g"),
     ("seed", "seed", ".0f"),
@@ -116,7 +117,7 @@ def cell(row: dict, col: str, spec: str) -> str:
     return f'<td{cls} data-col="{esc(col)}" data-value="{esc(raw)}">{esc(text)}</td>'
 
 
-SETTING_COLUMNS = {"status", "weights", "schedule", "train_fraction", "seed", "epochs_run", "img_per_s"}
+SETTING_COLUMNS = {"status", "init", "self_training", "schedule", "train_fraction", "seed", "epochs_run", "img_per_s"}
 
 
 def runs_table(rows: list[dict], metric: str, best: str | None) -> str:
@@ -179,14 +180,16 @@ def groups_table(groups: list[dict], metric: str) -> str:
             f'<td class="num" data-col="{c}" data-value="{esc(g.get(c, ""))}">{esc(pm(parsed, c, s))}</td>'
             for _, c, s in cols
         )
+        arm = f"<td>{esc(g.get('init') or '—')}</td><td>{esc(g.get('self_training') or '—')}</td>"
         body.append(
             f'<tr data-name="{esc(g["name"])}"><th scope="row">{esc(g["name"])}</th><td>{esc(g["row_type"])}</td>'
-            f'<td class="num">{esc(g.get("n", ""))}</td>{cells}</tr>'
+            f'<td class="num">{esc(g.get("n", ""))}</td>{arm}{cells}</tr>'
         )
     return (
         f'<div class="scroll"><table class="data sortable" id="compare-groups"><caption>Seed and '
         f'fold groups: mean ± std (n)</caption><thead><tr><th scope="col">group</th><th scope="col">kind</th>'
-        f'<th scope="col">n</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+        f'<th scope="col">n</th><th scope="col">init</th><th scope="col">self-training</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -242,22 +245,7 @@ def run_section(
     run_scheme = config.get("label_scheme") or scheme or {}
     colours = {c.get("name"): c.get("display", c.get("color", "#888888")) for c in run_scheme.get("classes", [])}
     metrics = (read_json_lenient(run_dir / "metrics.json")[0] or {}).get(split) or {}
-    facts = [
-        ("architecture", f"{row.get('arch', '')} / {row.get('encoder', '')}"),
-        ("encoder weights", row.get("weights_path") or row.get("weights", "")),
-        ("schedule", row.get("schedule", "")),
-        ("train fraction", row.get("train_fraction", "")),
-        ("seed", row.get("seed", "")),
-        ("epochs", f"{fmt(_num(row.get('epochs_run')), '.0f')} of {fmt(_num(row.get('epochs')), '.0f')}"),
-        ("training time", f"{fmt(_num(row.get('train_time_s')), '.0f')} s"),
-        (
-            "parameters",
-            f"{fmt(_num(row.get('params_trainable')), ',.0f')} trainable of "
-            f"{fmt(_num(row.get('params_total')), ',.0f')}",
-        ),
-        ("manifest", row.get("manifest", "")),
-        ("run directory", str(run_dir)),
-    ]
+    facts = run_facts(row, run_dir)
     if row.get("note"):
         facts.append(("note", row["note"]))
     dl = "".join(f"<dt>{esc(a)}</dt><dd>{esc(b)}</dd>" for a, b in facts if b not in ("", None))
@@ -293,6 +281,28 @@ def run_section(
         f'{esc(row["name"])}<span class="meta">{esc(row.get("status", ""))} · score {esc(score)}'
         f'{" · best" if best else ""}</span></summary><div class="inner">{"".join(parts)}</div></details>'
     )
+
+
+def run_facts(row: dict, run_dir: Path) -> list[tuple[str, str]]:
+    """The settings list of a run section: architecture, initialisation, self-training, budget, paths."""
+    return [
+        ("architecture", f"{row.get('arch', '')} / {row.get('encoder', '')}"),
+        ("encoder weights", row.get("weights_path") or row.get("weights", "")),
+        ("initialisation", row.get("init", "")),
+        ("self-training", row.get("self_training", "")),
+        ("schedule", row.get("schedule", "")),
+        ("train fraction", row.get("train_fraction", "")),
+        ("seed", row.get("seed", "")),
+        ("epochs", f"{fmt(_num(row.get('epochs_run')), '.0f')} of {fmt(_num(row.get('epochs')), '.0f')}"),
+        ("training time", f"{fmt(_num(row.get('train_time_s')), '.0f')} s"),
+        (
+            "parameters",
+            f"{fmt(_num(row.get('params_trainable')), ',.0f')} trainable of "
+            f"{fmt(_num(row.get('params_total')), ',.0f')}",
+        ),
+        ("manifest", row.get("manifest", "")),
+        ("run directory", str(run_dir)),
+    ]
 
 
 def iou_bars(per_class: list[dict], colours: dict) -> str:
