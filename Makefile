@@ -36,7 +36,7 @@ demo: setup sample
 test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto  # one worker per core (pytest-xdist); tests/conftest.py splits the threads
 
 lint:
 	$(BIN)/ruff check .

@@ -7,8 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a weights download in tests
 # `make test` runs the tests in parallel (pytest-xdist, one worker per core): each worker then computes with its
 # share of the cores, so that workers do not fight over the same threads.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // _WORKERS)))
+os.environ.setdefault(
+    "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+)
 
 import numpy as np
 import pytest
