@@ -219,6 +219,7 @@ def onnx_forward(path: Path, threads: int | None = None) -> Forward:
     """An ONNX Runtime CPU session as a forward function."""
     _, ort = require_onnx()
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False  # the arena keeps each tile batch's peak: +0.7 GB on a 100 MP scan
     if threads:
         options.intra_op_num_threads = threads
     try:
