@@ -264,10 +264,15 @@ def field_types() -> dict[str, object]:
     return typing.get_type_hints(TrainConfig)
 
 
-@functools.cache
 def field_docs() -> dict[str, str]:
     """Field name -> the docstring under it in TrainConfig's source (the one help text of each setting)."""
-    tree = ast.parse(inspect.getsource(TrainConfig))
+    return docs_of(TrainConfig)
+
+
+@functools.cache
+def docs_of(cls) -> dict[str, str]:
+    """Field name -> the docstring under it in a config dataclass's source (TrainConfig, PretrainConfig)."""
+    tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body
     docs = {}
     for node, after in zip(body, body[1:], strict=False):

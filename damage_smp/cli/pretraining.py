@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..config import docs_of
 from ..console import escape
+from ..pretrain.config import PretrainConfig
 from .app import app, console, user_errors
 
 Int = int | None
+_DOCS = docs_of(PretrainConfig)  # the help of each option is the docstring under its PretrainConfig field
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
+
+
+def _option(name: str):
+    """The option of a PretrainConfig field: its docstring as help, its default shown (None here = not given)."""
+    return typer.Option(help=_DOCS[name], show_default=str(_DEFAULTS[name]))
 
 
 @app.command(rich_help_panel="Training")
@@ -22,32 +32,27 @@ def pretrain(
         typer.Argument(help="Folders, glob patterns or manifest CSVs of scans (no masks needed); not with --resume."),
     ] = None,
     out: Annotated[Path, typer.Option(help="The pre-train run directory to write (or continue).")] = Path("pretrain"),
-    arch: Annotated[str | None, typer.Option(help="smp architecture; train --init-from needs the same.")] = None,
-    encoder: Annotated[
-        str | None, typer.Option(help="smp encoder or tu-<timm name> (default tu-efficientnet_lite0).")
-    ] = None,
-    init: Annotated[str | None, typer.Option(help="Encoder weights to start from: imagenet or none.")] = None,
-    epochs: Annotated[Int, typer.Option(help="Epochs in total (with --resume: up to this many). [default: 20]")] = None,
-    samples_per_epoch: Annotated[Int, typer.Option(help="Random crops per epoch. [default: 256]")] = None,
-    crop_size: Annotated[
-        Int, typer.Option(help="Square crops at native resolution, a multiple of 32. [default: 256]")
-    ] = None,
-    batch_size: Annotated[Int, typer.Option(help="Crops per optimizer step. [default: 8]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW). [default: 0.001]")] = None,
-    seed: Annotated[Int, typer.Option(help="Seed for weights, crops and corruptions. [default: 0]")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N. [default: auto]")] = None,
-    num_workers: Annotated[Int, typer.Option(help="Data loader workers (-1: sized to the machine).")] = None,
-    max_pixels: Annotated[Int, typer.Option(help="Refuse images above this many pixels.")] = None,
+    arch: Annotated[str | None, _option("arch")] = None,
+    encoder: Annotated[str | None, _option("encoder")] = None,
+    init: Annotated[str | None, _option("init")] = None,
+    epochs: Annotated[Int, _option("epochs")] = None,
+    samples_per_epoch: Annotated[Int, _option("samples_per_epoch")] = None,
+    crop_size: Annotated[Int, _option("crop_size")] = None,
+    batch_size: Annotated[Int, _option("batch_size")] = None,
+    lr: Annotated[float | None, _option("lr")] = None,
+    seed: Annotated[Int, _option("seed")] = None,
+    device: Annotated[str | None, _option("device")] = None,
+    num_workers: Annotated[Int, _option("num_workers")] = None,
+    max_pixels: Annotated[Int, _option("max_pixels")] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out up to --epochs (its saved settings).")
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a pre-train run in --out (never anything else).")] = False,
+    overwrite: Annotated[bool, typer.Option(help=_DOCS["overwrite"])] = False,
 ) -> None:
     """Self-supervised pre-training of encoder and decoder on unlabelled scans (restore corrupted crops).
 
     Writes DIR/encoder.pt and DIR/model.pt for `train --init-from DIR` or `--encoder-weights DIR/encoder.pt`.
     """
-    from ..pretrain import PretrainConfig
     from ..pretrain import pretrain as run_pretrain
     from ..pretrain.config import resumed
 

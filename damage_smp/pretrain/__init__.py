@@ -7,6 +7,14 @@ from DIR/model.pt (pretrained.py), ``--encoder-weights DIR/encoder.pt`` the enco
 """
 
 from .config import PretrainConfig
-from .loop import pretrain
 
 __all__ = ["PretrainConfig", "pretrain"]
+
+
+def __getattr__(name: str):
+    """``pretrain`` (the loop, which imports torch) on first use, so the CLI reads PretrainConfig without torch."""
+    if name == "pretrain":
+        from .loop import pretrain
+
+        return pretrain
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
