@@ -30,6 +30,17 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         raise checkpoint_write_error(path, e) from e
 
 
+TRAINING_STATE = ("optimizer", "scaler", "rng")
+
+
+def model_state(state: dict) -> dict:
+    """A checkpoint without what only a resume needs (optimizer, scaler, RNG): best.pt, ~1/3 of last.pt's size.
+
+    Adam keeps two tensors per weight, so dropping it turns a 172 MB resnet18 Unet checkpoint into 57 MB.
+    """
+    return {k: v for k, v in state.items() if k not in TRAINING_STATE}
+
+
 def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
     """Copy a checkpoint (last -> best, epoch_NNN) atomically; on failure dst keeps its previous content."""
     try:

@@ -22,7 +22,7 @@ from rich.console import Console
 from . import distributed as ddp
 from . import tblog
 from .budget import TimeBudget, budget_step, epochs, planned_epochs, record_budget, validates
-from .checkpoints import copy_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import copy_checkpoint, load_checkpoint, model_state, save_checkpoint
 from .config import TrainConfig
 from .console import escape, fmt, progress_bar
 from .data import SegmentationDataset, class_pixel_counts, make_loader, train_transform
@@ -356,9 +356,10 @@ def record_epoch(run: Run, epoch: int, val: dict, timing: dict, meter: EnergyMet
     if not run.main:
         return
     paths = run.paths
-    save_checkpoint(paths.checkpoint("last"), checkpoint_state(run, epoch))
+    state = checkpoint_state(run, epoch)
+    save_checkpoint(paths.checkpoint("last"), state)
     if improved:
-        copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
+        save_checkpoint(paths.checkpoint("best"), model_state(state))
     if run.cfg.save_every and epoch % run.cfg.save_every == 0:
         copy_checkpoint(paths.checkpoint("last"), paths.checkpoint(f"epoch_{epoch:03d}"))
     write_csv(paths.history, run.history, HISTORY_FIELDS)
@@ -371,7 +372,7 @@ def finish(run: Run) -> None:
     """best.pt exists (= last when no validation improved), sample overlays, state.json says finished."""
     paths = run.paths
     if not paths.checkpoint("best").exists():
-        copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
+        save_checkpoint(paths.checkpoint("best"), model_state(load_checkpoint(paths.checkpoint("last"))))
     if run.budget is not None:
         record_budget(run)
     save_samples(paths, run.val_rows, run.scheme, run.cfg, run.device)

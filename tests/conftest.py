@@ -11,6 +11,8 @@ os.environ.setdefault(
     "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 )
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -67,6 +69,23 @@ def train_tiny_run(root, n_train: int = 8, samples_per_epoch: int = 8):
         device="cpu", out_dir=str(root), name="run", seed=0,
     )  # fmt: skip
     return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def module_dir(tmp_path_factory):
+    """``module_dir("name")``: a new folder for a module-scoped fixture, removed when the module's tests end.
+
+    A trained tiny run is ~230 MB of checkpoints; the suite would otherwise keep ~2 GB of them to its end.
+    """
+    made = []
+
+    def make(name: str):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

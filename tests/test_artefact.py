@@ -83,9 +83,9 @@ def write_shard(path, rows: list[dict], row_group_size: int = 2) -> None:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
+def shards(module_dir):
     """6 ARTeFACT-shaped rows in 2 files (4 rows in 2 row groups + 2 rows, in a sub-folder)."""
-    root = tmp_path_factory.mktemp("hub")
+    root = module_dir("hub")
     rows = [make_row(spec, k) for k, spec in enumerate(SPECS)]
     write_shard(root / "data" / "train-00000-of-00002.parquet", rows[:4])
     write_shard(root / "data" / "more" / "train-00001-of-00002.parquet", rows[4:])
@@ -93,9 +93,9 @@ def shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def imported(shards, tmp_path_factory):
+def imported(shards, module_dir):
     root, rows = shards
-    out = tmp_path_factory.mktemp("artefact")
+    out = module_dir("artefact")
     manifest = import_artefact([root], out, max_side=600)
     return out, manifest, rows
 

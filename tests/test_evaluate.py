@@ -42,9 +42,9 @@ def write_manifest(root: Path, rows: list[tuple[str, str, np.ndarray, np.ndarray
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(module_dir) -> Path:
     """A run trained for one epoch on 64x64 images, with a manifest given *relative* to the training folder."""
-    base = tmp_path_factory.mktemp("evaluate")
+    base = module_dir("evaluate")
     rng = np.random.default_rng(0)
     rows = []
     for i, split in enumerate(["train"] * 8 + ["val"] * 2 + ["test"] * 4):

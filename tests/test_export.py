@@ -24,9 +24,9 @@ SCHEME = load_scheme("artefact")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(module_dir) -> Path:
     """A one-epoch run on 64x64 / 64x80 images (8 train, 2 val, 2 test), evaluated on test."""
-    base = tmp_path_factory.mktemp("export")
+    base = module_dir("export")
     rng = np.random.default_rng(0)
     lines = ["image,mask,split"]
     for i, split in enumerate(["train"] * 8 + ["val"] * 2 + ["test"] * 2):

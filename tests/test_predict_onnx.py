@@ -29,9 +29,9 @@ FAST = ["--tile", "64", "--overlap", "0.25", "--batch-size", "8", "--workers", "
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(module_dir) -> Path:
     """One tiny trained run (resnet18, no pretrained weights, 1 epoch of 8 crops), as in test_predict.py."""
-    return train_tiny_run(tmp_path_factory.mktemp("onnx-predict-run"))
+    return train_tiny_run(module_dir("onnx-predict-run"))
 
 
 @pytest.fixture
@@ -117,9 +117,9 @@ def test_onnxruntime_missing_names_the_extra(run_dir, tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def exported(run_dir, tmp_path_factory) -> Path:
+def exported(run_dir, module_dir) -> Path:
     """The tiny run exported with `damage-smp export --format onnx` (file + sidecar)."""
-    out = tmp_path_factory.mktemp("onnx-export") / "model.onnx"
+    out = module_dir("onnx-export") / "model.onnx"
     res = CliRunner().invoke(app, ["export", str(run_dir), "--format", "onnx", "--out", str(out)])
     assert res.exit_code == 0, res.output
     return out

@@ -41,8 +41,8 @@ def make_scans(folder: Path, n: int = 5) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pre")
+def pretrained(module_dir) -> Path:
+    root = module_dir("pre")
     scans = make_scans(root / "scans")
     return pretrain(PretrainConfig(inputs=(str(scans),), out=str(root / "pt"), **TINY))
 

@@ -37,9 +37,9 @@ QUIET = Console(quiet=True)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(module_dir):
     """A teacher run, its manifest (8 train, 2 val), and 4 unlabelled 64 px scans in unlabelled/."""
-    root = tmp_path_factory.mktemp("selftrain")
+    root = module_dir("selftrain")
     teacher = train_tiny_run(root)
     rng = np.random.default_rng(7)
     for i in range(4):

@@ -60,6 +60,10 @@ def test_cli_run_writes_exactly_the_run_directory(tiny_manifest, tmp_path):
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
     last = load_checkpoint(run / "checkpoints/last.pt")
     assert last["epoch"] == 2 and set(last) >= {"model", "optimizer", "scheduler", "scaler", "rng", "config"}
+    best = load_checkpoint(run / "checkpoints/best.pt")  # the weights, without what only a resume needs
+    assert best["epoch"] in (1, 2) and {"model", "config", "history"} <= set(best)
+    assert not {"optimizer", "scaler", "rng"} & set(best)
+    assert (run / "checkpoints/best.pt").stat().st_size < 0.5 * (run / "checkpoints/last.pt").stat().st_size
 
     # the same name again is refused, nothing is touched; --overwrite replaces it
     before = (run / "history.csv").stat().st_mtime_ns

@@ -27,7 +27,7 @@ from rich.console import Console
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from ..checkpoints import copy_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoints import load_checkpoint, model_state, save_checkpoint
 from ..console import escape, fmt, progress_bar
 from ..data import make_loader
 from ..decode_cache import default_decode_cache
@@ -288,10 +288,13 @@ def record_epoch(run: PretrainRun, epoch: int, val_loss: float, timing: dict, me
                         "lr": run.optimizer.param_groups[0]["lr"], **timing, "peak_mem_mb": peak_memory_mb(run.device),
                         **meter.result()})  # fmt: skip
     paths = run.paths
-    save_checkpoint(paths.checkpoint("last"), checkpoint_state(run, epoch))
-    if -val_loss > run.best_score:
+    improved = -val_loss > run.best_score
+    if improved:
         run.best_score = -val_loss
-        copy_checkpoint(paths.checkpoint("last"), paths.checkpoint("best"))
+    state = checkpoint_state(run, epoch)
+    save_checkpoint(paths.checkpoint("last"), state)
+    if improved:
+        save_checkpoint(paths.checkpoint("best"), model_state(state))
     write_csv(paths.history, run.history, HISTORY)
     save_curves(run.history, paths.curves, title=paths.root.name, loss_label="restoration MSE (normalised)",
                 val_label="probe crops", scores=False)  # fmt: skip
