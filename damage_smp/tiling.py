@@ -25,6 +25,8 @@ How it works:
 
 Test-time augmentation (``tta=True``): the average of the softmax probabilities of 4 passes (identity,
 horizontal flip, vertical flip, both), each output flipped back before averaging; 4x the compute.
+With ``flip_entropy`` the band carries one more channel, each tile's flip disagreement (H(mean p) - mean H(p),
+/ log(C)), blended like the probabilities (predict's TTA uncertainty); the last channel of each block.
 """
 
 from __future__ import annotations
@@ -193,10 +195,18 @@ def iter_tile_batches(
         yield torch.stack([img[:, y : y + th, x : x + tw] for y, x in coords]), coords
 
 
-def _run_model(model, batch: torch.Tensor, num_classes: int, amp_dtype, tta: bool) -> torch.Tensor:
-    """(N, 3, th, tw) float 0..255 -> (N, C, th, tw) float32 softmax probabilities (TTA-averaged)."""
+def normalised_entropy(probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Entropy of class probabilities along ``dim`` / log(C): 0 when one class is certain, 1 when all are equal."""
+    c = probs.shape[dim]
+    ent = -(probs * probs.clamp_min(1e-12).log()).sum(dim)
+    return ent / math.log(c) if c > 1 else ent.zero_()
+
+
+def _run_model(model, batch: torch.Tensor, num_classes: int, amp_dtype, tta: bool, flip_entropy: bool = False):
+    """(N, 3, th, tw) float 0..255 -> (N, C, th, tw) float32 softmax probabilities (TTA-averaged); with
+    ``flip_entropy`` (N, C + 1, th, tw), the last channel the flips' mutual information / log(C)."""
     flips = TTA_FLIPS if tta else ((),)
-    probs = None
+    probs, ent = None, 0.0
     for dims in flips:
         x = batch.flip(dims) if dims else batch
         amp = torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
@@ -209,8 +219,12 @@ def _run_model(model, batch: torch.Tensor, num_classes: int, amp_dtype, tta: boo
             )
         p = torch.softmax(logits.float(), dim=1)
         p = p.flip(dims) if dims else p
+        if flip_entropy:
+            ent = ent + normalised_entropy(p, 1)
         probs = p if probs is None else probs + p
-    return probs / len(flips) if len(flips) > 1 else probs
+    probs = probs / len(flips) if len(flips) > 1 else probs
+    mi = normalised_entropy(probs, 1) - ent / len(flips) if flip_entropy else None  # the flips' mutual information
+    return torch.cat([probs, mi.unsqueeze(1)], 1) if flip_entropy else probs
 
 
 # ----------------------------------------------------------------------------------------- blending
@@ -285,14 +299,9 @@ def _record_stats(plan: TilePlan, band: _BlendBand) -> None:
     """Fill STATS from the tensors really allocated (read by the memory test and the benchmark)."""
     acc, wsum = band.acc, band.wsum
     STATS.clear()
-    STATS.update(
-        accumulator_bytes=acc.numel() * acc.element_size() + wsum.numel() * wsum.element_size(),
-        accumulator_shape=tuple(acc.shape),
-        weight_bytes=wsum.numel() * wsum.element_size(),
-        padded_size=plan.padded,
-        tile_size=plan.tile,
-        n_tiles=len(plan.coords),
-    )
+    STATS.update(accumulator_bytes=acc.numel() * acc.element_size() + wsum.numel() * wsum.element_size(),
+                 accumulator_shape=tuple(acc.shape), weight_bytes=wsum.numel() * wsum.element_size(),
+                 padded_size=plan.padded, tile_size=plan.tile, n_tiles=len(plan.coords))  # fmt: skip
 
 
 def iter_blended_rows(
@@ -308,17 +317,19 @@ def iter_blended_rows(
     tta: bool = False,
     accum_dtype: torch.dtype = torch.float32,
     progress: Callable[[int, int], None] | None = None,
+    flip_entropy: bool = False,
 ) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
     """Yield (y0, y1, x0, x1, probs) blocks of final probabilities, top to bottom, covering the image once.
 
-    ``probs``: (C, y1 - y0, x1 - x0) float32 on ``device``, cropped to the original image. Memory: one
-    (C, tile, padded W) accumulator band + one (tile, padded W) weight band; see the module docstring.
+    ``probs``: (C, y1 - y0, x1 - x0) float32 on ``device``, cropped to the original image (C + 1 channels with
+    ``flip_entropy``, see the module docstring). Memory: one (C, tile, padded W) accumulator band + one
+    (tile, padded W) weight band.
     """
     device = torch.device(device)
     amp_dtype = as_amp_dtype(amp_dtype)
     img = as_chw_uint8(image)
     plan = plan_tiles(*img.shape[-2:], tile, overlap)
-    band = _BlendBand(plan, num_classes, accum_dtype, device)
+    band = _BlendBand(plan, num_classes + flip_entropy, accum_dtype, device)
     _record_stats(plan, band)
     with _eval_mode(model):
         band_y = 0  # first image row not yet handed on; the band holds rows [band_y, band_y + th)
@@ -326,7 +337,7 @@ def iter_blended_rows(
         for batch, coords in iter_tile_batches(img, plan, batch_size):
             with torch.inference_mode():
                 x = batch.to(device, non_blocking=True).float()  # (N, 3, th, tw) in 0..255
-                probs = _run_model(model, x, num_classes, amp_dtype, tta).mul_(band.window)  # (N, C, th, tw)
+                probs = _run_model(model, x, num_classes, amp_dtype, tta, flip_entropy).mul_(band.window)
             # accumulation runs outside inference_mode because flush() yields; acc needs no grad anyway
             for k, (y, x0) in enumerate(coords):
                 if y > band_y:  # a new tile row starts: every row above it is final
@@ -409,7 +420,8 @@ def predict_index(
     accum_dtype: torch.dtype = torch.float32,
     progress: Callable[[int, int], None] | None = None,
     decide: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    on_block: Callable[[int, int, int, int, torch.Tensor], None] | None = None,
+    on_block: Callable[..., None] | None = None,
+    flip_entropy: bool = False,
 ) -> np.ndarray:
     """(H, W) uint8 class indices = argmax of ``predict_probs``, in memory bounded by tile x width.
 
@@ -417,7 +429,8 @@ def predict_index(
     or float16 with ``accum_dtype``), a (tile, W) float32 weight band and one batch of tile probabilities.
     ``progress(n_done_tiles, n_total)`` is called after each batch. ``decide``: (C, h, w) probabilities ->
     (h, w) uint8 indices instead of the argmax (e.g. ``thresholds.Decision``); ``on_block(y0, y1, x0, x1,
-    probs)`` sees every block of final probabilities too (a threshold histogram, a probability map).
+    probs)`` sees every block of final probabilities too (a threshold histogram, a probability map); with
+    ``flip_entropy`` it gets ``flip_entropy=`` the block's (h, w) blended flip disagreement as well.
     """
     if num_classes > 256:
         raise ValueError(f"{num_classes} classes do not fit a uint8 index map (at most 256)")
@@ -426,9 +439,11 @@ def predict_index(
     out = np.empty((h, w), dtype=np.uint8)
     for y0, y1, x0, x1, probs in iter_blended_rows(
         model, img, num_classes, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
-        amp_dtype=amp_dtype, tta=tta, accum_dtype=accum_dtype, progress=progress,
+        amp_dtype=amp_dtype, tta=tta, accum_dtype=accum_dtype, progress=progress, flip_entropy=flip_entropy,
     ):  # fmt: skip
+        extra = {"flip_entropy": probs[-1]} if flip_entropy else {}
+        probs = probs[:num_classes]
         out[y0:y1, x0:x1] = (decide(probs) if decide else class_argmax(probs)).cpu().numpy()
         if on_block is not None:
-            on_block(y0, y1, x0, x1, probs)
+            on_block(y0, y1, x0, x1, probs, **extra)
     return out

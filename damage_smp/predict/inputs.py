@@ -32,6 +32,8 @@ SAVE_ALIASES = {
 }
 SUFFIXES = {"colour": "_mask.png", "index": "_index.png", "overlay": "_overlay.jpg", "prob": "_prob.png",
             "uncertainty": "_uncertainty.png", "layers": "_layers.tif", "areas": "_areas.json"}  # fmt: skip
+# the confidence maps of scans above confidence.TIFF_PIXELS: 16-bit TIFFs instead of the 8-bit PNGs
+BIG_SUFFIXES = {"prob": "_prob.tif", "uncertainty": "_uncertainty.tif"}
 GLOB_CHARS = re.compile(r"[*?\[]")
 INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")  # read_image decodes a GIF's first frame
 PREDICT_MARKER = MARKERS["predict"]
@@ -44,8 +46,13 @@ class Job:
     source: Path
     base: Path
 
-    def output(self, kind: str) -> Path:
-        return self.base.with_name(self.base.name + SUFFIXES[kind])
+    def output(self, kind: str, big: bool = False) -> Path:
+        """Where output ``kind`` goes; ``big``: the 16-bit TIFF of a confidence map (``BIG_SUFFIXES``)."""
+        return self.base.with_name(self.base.name + (BIG_SUFFIXES if big else SUFFIXES)[kind])
+
+    def candidates(self, kind: str) -> list[Path]:
+        """Every file output ``kind`` may be (a confidence map: its PNG or its TIFF, by the scan's size)."""
+        return [self.output(kind), *([self.output(kind, big=True)] if kind in BIG_SUFFIXES else [])]
 
 
 def collect_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> list[tuple[Path, Path]]:

@@ -20,18 +20,19 @@ from ..images import atomic_write_bytes, dpi_text, encode_image, image_dpi, mm2_
 from ..labels import LabelScheme
 from ..plots import legend_image, tint_in_place
 from ..runs import write_csv, write_json
-from .confidence import CONFIDENCE_KINDS, mean_level
+from .confidence import CONFIDENCE_KINDS, mean_level, write_confidence
 from .inputs import ALL_KINDS, SAVE_KINDS, Job
 from .layers import write_layers
 from .owned import (
     WRITTEN_BY,
     foreign_batch_files,
     is_final,
-    is_ours,
     marked,
     output_entry,
+    owned_file,
     read_record,
     recorded,
+    recorded_file,
     refuse_foreign,
 )
 
@@ -60,19 +61,20 @@ def write_outputs(
 
     Every image written carries predict's mark, so a kill before the record leaves files known as ours.
     ``image`` is consumed: the overlay is blended into it in place, so a 100 MP scan needs no second copy.
-    ``maps``: the (H, W) uint8 confidence maps (``confidence``) for ``prob`` and ``uncertainty``.
+    ``maps``: the (H, W) uint8 or uint16 confidence maps (``confidence``) for ``prob`` and ``uncertainty``.
     """
     maps = maps or {}
     old = read_record(job)
     want = [k for k in kinds if overwrite or not recorded(job, old, k)]
     # outputs of ours that stay (other --save kinds of an earlier batch too) are listed again, at their size now
-    kept = [k for k in ALL_KINDS if k not in want and job.output(k).is_file() and is_ours(job, old, k)]
+    kept = {k: p for k in ALL_KINDS if k not in want and (p := owned_file(job, old, k))}
+    written: dict[str, Path] = {}  # the confidence maps' files: PNG or TIFF by the scan's size
     if "index" in want:
         _write_marked(job.output("index"), encode_image(scheme.to_values(index), ".png"))  # uint8, or uint16
     if "colour" in want:
         _write_bgr(job.output("colour"), colour_table_bgr(scheme)[index])  # (H, W, 3) by lookup, no floats
     for kind in (k for k in CONFIDENCE_KINDS if k in want):
-        _write_marked(job.output(kind), encode_image(maps[kind], ".png"))  # 8-bit grey
+        written[kind] = write_confidence(job, kind, maps[kind], old)  # 8-bit PNG, or 16-bit TIFF when large
     if "layers" in want:  # before the overlay, which tints the scan in place
         damage = [c for c in present_classes(index, scheme) if c in scheme.damage_indices]
         write_layers(job.output("layers"), image, index, scheme, damage)
@@ -91,7 +93,7 @@ def write_outputs(
             "pixels": {name: int(c) for name, c in zip(scheme.names, counts, strict=True)},
             "dpi": image_dpi(job.source),  # [x, y] from the file's header, or null
             **({"uncertainty_mean": mean_level(maps["uncertainty"])} if "uncertainty" in maps else {}),
-            "outputs": {k: output_entry(job, k) for k in (*kept, *want)},
+            "outputs": {k: output_entry(job, k, kept.get(k) or written.get(k)) for k in (*kept, *want)},
         },
     )
 
@@ -148,8 +150,8 @@ def _write_marked(path: Path, data: bytes) -> None:
 
 # ============================================================================================ areas
 def area_fields(scheme: LabelScheme) -> list[str]:
-    fields = ["image", "mask", "index", "overlay", "width", "height", "dpi", "object_px", "damage_px", "damage_pct",
-              "damage_mm2", "uncertainty_mean"]  # fmt: skip
+    fields = ["image", "mask", "index", "overlay", "prob", "uncertainty", "width", "height", "dpi", "object_px",
+              "damage_px", "damage_pct", "damage_mm2", "uncertainty_mean"]  # fmt: skip
     for i, name in enumerate(scheme.names):
         fields.append(f"{name}_px")
         if i != scheme.background_index:
@@ -176,9 +178,9 @@ def area_row(job: Job, scheme: LabelScheme, out: Path, dpi: float | None = None)
         return 100.0 * n / obj if obj > 0 else float("nan")
 
     row = {"image": record["image"], "width": record["width"], "height": record["height"]}
-    for kind in SAVE_KINDS:
-        listed = recorded(job, record, kind)  # a file of that name predict did not write is not the prediction
-        row["mask" if kind == "colour" else kind] = job.output(kind).relative_to(out).as_posix() if listed else ""
+    for kind in (*SAVE_KINDS, *CONFIDENCE_KINDS):
+        listed = recorded_file(job, record, kind)  # a file of that name predict did not write is not the prediction
+        row["mask" if kind == "colour" else kind] = listed.relative_to(out).as_posix() if listed else ""
     resolution = (dpi, dpi) if dpi else record.get("dpi")
     unit = mm2_per_pixel(resolution)
 

@@ -1,7 +1,7 @@
 """What in an output folder predict wrote itself: only those files are skipped, resumed or replaced.
 
-Every image file predict writes carries a mark (a PNG text chunk, a JPEG comment: "written by damage-smp
-predict"), so its own files are known even when a kill left an image half done. Each image's
+Every image file predict writes carries a mark (a PNG text chunk, a JPEG comment, a TIFF's Software tag:
+"written by damage-smp predict"), so its own files are known even when a kill left an image half done. Each image's
 ``<name>_areas.json`` is its record, written last: the areas and every output's byte size. An output is finished
 when the record lists it at its size on disk, so a 0-byte or replaced file is never taken for a prediction. The
 batch files (predict.json, legend.png, areas.csv, failures.csv, the shard tables) are ours when the folder's
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..images import TEMP_FILE
 from ..rundir import MARKERS
-from .inputs import SUFFIXES, Job
+from .inputs import BIG_SUFFIXES, SUFFIXES, Job
 
 WRITTEN_BY = "damage-smp predict"  # in every per-image record: what tells our records from a user's JSON
 MARK = b"written by damage-smp predict"  # in every image predict writes
@@ -47,9 +47,17 @@ def is_final(record: dict | None) -> bool:
 
 def recorded(job: Job, record: dict | None, kind: str) -> bool:
     """The final record lists this output at the size it has on disk (so it is whole and still ours)."""
+    return recorded_file(job, record, kind) is not None
+
+
+def recorded_file(job: Job, record: dict | None, kind: str) -> Path | None:
+    """The file the record lists for this output (a confidence map's PNG or TIFF), when it has that size on disk."""
     entry = (record or {}).get("outputs", {}).get(kind)
-    size = entry.get("bytes") if isinstance(entry, dict) else None
-    return isinstance(size, int) and size > 0 and _size(job.output(kind)) == size
+    if not isinstance(entry, dict):
+        return None
+    size = entry.get("bytes")
+    path = next((p for p in job.candidates(kind) if p.name == entry.get("file")), job.output(kind))
+    return path if isinstance(size, int) and size > 0 and _size(path) == size else None
 
 
 def is_finished(job: Job, record: dict | None, kinds: Sequence[str]) -> bool:
@@ -57,15 +65,23 @@ def is_finished(job: Job, record: dict | None, kinds: Sequence[str]) -> bool:
     return is_final(record) and all(recorded(job, record, k) for k in kinds)
 
 
-def is_ours(job: Job, record: dict | None, kind: str) -> bool:
-    """This output of the job (it exists) was written by predict: listed in the record, or marked."""
+def is_ours(job: Job, record: dict | None, kind: str, path: Path | None = None) -> bool:
+    """This output of the job (``path``, default ``job.output(kind)``; it exists) was written by predict:
+    listed in the record, or marked."""
     if kind == "areas":
         return record is not None
-    return recorded(job, record, kind) or carries_mark(job.output(kind))
+    path = path or job.output(kind)
+    return recorded_file(job, record, kind) == path or carries_mark(path)
 
 
-def output_entry(job: Job, kind: str) -> dict:
-    return {"file": job.output(kind).name, "bytes": _size(job.output(kind))}
+def owned_file(job: Job, record: dict | None, kind: str) -> Path | None:
+    """The file of this output that exists and is predict's (the PNG or the TIFF of a confidence map), or None."""
+    return next((p for p in job.candidates(kind) if p.is_file() and is_ours(job, record, kind, p)), None)
+
+
+def output_entry(job: Job, kind: str, path: Path | None = None) -> dict:
+    path = path or job.output(kind)
+    return {"file": path.name, "bytes": _size(path)}
 
 
 def marked(data: bytes, suffix: str, mark: bytes = MARK) -> bytes:
@@ -100,8 +116,8 @@ def check_nothing_foreign(
     """
     foreign = foreign_batch_files(out, [*(out / name for name in BATCH_FILES), *tables])
     for job, record in zip(jobs, records, strict=True):
-        paths = [(k, job.output(k)) for k in (*kinds, "areas")]
-        foreign += [path for k, path in paths if _holds_something(path) and not is_ours(job, record, k)]
+        paths = [(k, path) for k in (*kinds, "areas") for path in job.candidates(k)]
+        foreign += [path for k, path in paths if _holds_something(path) and not is_ours(job, record, k, path)]
     refuse_foreign(foreign)
 
 
@@ -139,7 +155,8 @@ def clean_stale_temps(folders: Iterable[Path], now: float | None = None) -> int:
 
 
 def _our_name(name: str) -> bool:
-    return name in BATCH_FILES or bool(SHARD_FILE.match(name)) or name.endswith(tuple(SUFFIXES.values()))
+    ours = (*SUFFIXES.values(), *BIG_SUFFIXES.values())
+    return name in BATCH_FILES or bool(SHARD_FILE.match(name)) or name.endswith(ours)
 
 
 def _read_json(path: Path) -> dict | None:

@@ -60,18 +60,20 @@ def predict_image(
     model=None,
     decision: Decision | None = None,
     on_block=None,
+    flip_entropy: bool = False,
 ) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) uint8 class indices of ``bundle.scheme``; memory bounded by tile x W.
 
     On CUDA it runs under the autocast the run trained with (bf16/fp16; argmax barely notices), on CPU in fp32.
     ``model``: what runs the tiles instead of ``bundle.model`` (e.g. an ONNX Runtime session, ``backend``).
     ``decision``: the rule from probabilities to classes (``thresholds.Decision``; default the argmax);
-    ``on_block``: sees every block of final probabilities (``tiling.predict_index``).
+    ``on_block``: sees every block of final probabilities (``tiling.predict_index``); ``flip_entropy``: and, with
+    ``tta``, the blended mean entropy of the flips (for the TTA disagreement, ``confidence``).
     """
     return predict_index(
         model or bundle.model, image, bundle.scheme.num_classes, tile=tile, overlap=overlap, batch_size=batch_size,
         device=bundle.device, amp_dtype=bundle.amp_dtype, tta=tta, progress=progress, decide=decision,
-        on_block=on_block,
+        on_block=on_block, flip_entropy=flip_entropy and tta,
     )  # fmt: skip
 
 
@@ -287,7 +289,8 @@ class Pipeline:
                 progress.update(tiles, completed=n_done)
 
         try:
-            index = predict_image(self.bundle, image, progress=on_tiles, on_block=fill, **self.options)
+            index = predict_image(self.bundle, image, progress=on_tiles, on_block=fill,
+                                  flip_entropy="uncertainty" in maps, **self.options)  # fmt: skip
             if self.min_area:
                 remove_small(index, self.min_area, fill_class(scheme))
             return index, maps
