@@ -22,14 +22,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 
-from ..images import atomic_open, atomic_write_bytes, encode_image
+from ..images import atomic_write_bytes, encode_image
 from ..thresholds import damage_probability
 from ..tiling import normalised_entropy
 from .inputs import Job
-from .layers import TILE, _Named
+from .layers import TILE, tiff_writer
 from .owned import MARK, is_ours, marked
 
 CONFIDENCE_KINDS = ("prob", "uncertainty")
@@ -84,6 +83,6 @@ def write_confidence(job: Job, kind: str, level: np.ndarray, record: dict | None
 
 def write_tiff16(path: Path, level: np.ndarray) -> None:
     """(H, W) uint16 -> a grey, tiled, deflate-compressed TIFF with predict's mark in its Software tag."""
-    with atomic_open(path) as f, tifffile.TiffWriter(_Named(f, path), bigtiff=level.nbytes > 2**31) as tif:
+    with tiff_writer(path, bigtiff=level.nbytes > 2**31) as tif:
         tif.write(level, photometric="minisblack", tile=(TILE, TILE), compression="zlib", software=MARK.decode(),
                   metadata=None)  # fmt: skip

@@ -9,6 +9,7 @@ never needs a full-size RGBA array. The file carries predict's mark in its Softw
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +27,20 @@ PAGE_NAME = 285  # the TIFF PageName tag
 def write_layers(path: Path, image: np.ndarray, index: np.ndarray, scheme: LabelScheme, classes: list[int]) -> None:
     """The scan, then one named RGBA page per class in ``classes`` (the damage classes present)."""
     colours = scheme.display_colors
-    with atomic_open(path) as f, tifffile.TiffWriter(_Named(f, path), bigtiff=image.size > 2**31) as tif:
+    with tiff_writer(path, bigtiff=image.size > 2**31) as tif:
         tif.write(image, photometric="rgb", compression="zlib", software=MARK.decode(), metadata=None,
                   extratags=[(PAGE_NAME, "s", 0, "scan", True)])  # fmt: skip
         for c in classes:
             tif.write(_rgba_tiles(index, c, colours[c]), shape=(*index.shape, 4), dtype=np.uint8, photometric="rgb",
                       extrasamples=["unassalpha"], tile=(TILE, TILE), compression="zlib", metadata=None,
                       extratags=[(PAGE_NAME, "s", 0, scheme.names[c], True)])  # fmt: skip
+
+
+@contextlib.contextmanager
+def tiff_writer(path: Path, bigtiff: bool) -> Iterator[tifffile.TiffWriter]:
+    """A TiffWriter on a temp file that replaces ``path`` when the block ends without an error (atomic_open)."""
+    with atomic_open(path) as f, tifffile.TiffWriter(_Named(f, path), bigtiff=bigtiff) as tif:
+        yield tif
 
 
 class _Named:
