@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real files on disk (64x64 images, colour masks, a manifest)."""
+"""Shared fixtures: tiny real files on disk (64x64 images, colour masks, a manifest), a tiny run, a browser."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ os.environ.setdefault(
 )
 
 import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +94,40 @@ def module_dir(tmp_path_factory):
 def shared_run(tmp_path_factory):
     """One tiny trained run (artefact scheme, 1 epoch of 8 crops, thresholds.json from its 2 val images)."""
     return train_tiny_run(tmp_path_factory.mktemp("shared-run"), n_train=8, samples_per_epoch=8)
+
+
+# ============================================================================================ the browser
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
+CHROMEDRIVER = Path(shutil.which("chromedriver") or "/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Debian chromium + chromium-driver, `make browser`) with the network log on; never skips."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found: run `make browser` (Debian chromium + chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="damage-smp-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)

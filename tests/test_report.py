@@ -33,8 +33,6 @@ from damage_smp.report import report
 from damage_smp.report.gallery import shrink_index
 from damage_smp.runs import HISTORY_FIELDS, write_csv, write_json, write_run_config
 
-CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
-CHROMEDRIVER = Path(shutil.which("chromedriver") or "/usr/bin/chromedriver")
 SCHEME = load_scheme("artefact")
 HAIR, DUST, SCRATCH, STAINING, BACKGROUND = 5, 3, 4, 10, 16
 # classes drawn into scan i (i = 0..6): Hair in 0, 2, 3, 5; scan 4 has no damage at all
@@ -167,37 +165,7 @@ def study(workdir) -> Path:
 
 
 # ============================================================================================ the browser
-@pytest.fixture(scope="module")
-def browser():
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.fail(f"{' and '.join(missing)} not found: run `make browser` (Debian chromium + chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="damage-smp-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
-
-
+# the `browser` fixture (headless Chromium) is in conftest.py, shared with test_report_confidence.py
 def wait(driver, condition, timeout: float = 10.0, what: str = "condition"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

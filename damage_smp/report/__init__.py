@@ -3,7 +3,8 @@
 - A predict ``--out`` folder (areas.csv / ``*_areas.json``, ``*_index.png``, predict.json) becomes a gallery:
   scans sorted by damaged area with the damage drawn on top (opacity slider, per-class toggles in the scheme's
   colours), an area table per scan, a collection summary and a class filter (gallery.py, batch.py,
-  gallery_html.py).
+  gallery_html.py); when predict saved the damage probability or uncertainty maps, a layer menu draws those
+  instead, colour-mapped, with a colour bar (confidence.py).
 - A run directory or a folder of runs becomes a study page: the compare table (from ``compare.compare``, whose
   compare.csv is written beside the page), its plots, and per run its curves, per-class IoU, confusion matrix
   and sample overlays (study.py).

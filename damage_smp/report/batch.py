@@ -20,6 +20,7 @@ from ..labels import LabelScheme, load_scheme
 from ..runs import read_json_lenient
 from .page import MARKER
 
+CONFIDENCE = ("prob", "uncertainty")  # areas.csv's columns of the confidence maps (predict --save)
 SUFFIXES = {"index": "_index.png", "mask": "_mask.png", "overlay": "_overlay.jpg", "areas": "_areas.json"}
 
 
@@ -39,6 +40,7 @@ class Scan:
     pixels: dict[str, int] = field(default_factory=dict)
     mm2_per_px: float | None = None  # from the scan's resolution (areas.csv dpi), None when unknown
     uncertainty: float | None = None  # mean uncertainty 0..1 (predict --save uncertainty), None when not saved
+    levels: dict[str, Path] = field(default_factory=dict)  # confidence maps: "prob" / "uncertainty" -> PNG or TIFF
 
 
 @dataclass
@@ -105,6 +107,7 @@ def scans_from_table(folder: Path, scheme: LabelScheme) -> list[Scan]:
         scan = make_scan(folder, row["image"], files, _int(row["width"]), _int(row["height"]), pixels, scheme)
         scan.mm2_per_px = mm2_per_pixel(parse_dpi_text(row.get("dpi", "")))
         scan.uncertainty = _float_or_none(row.get("uncertainty_mean", ""))
+        scan.levels = {k: p for k in CONFIDENCE if (p := _file(folder, row.get(k, ""))) is not None}
         scans.append(scan)
     return scans
 
@@ -134,7 +137,21 @@ def scans_from_sidecars(folder: Path, scheme: LabelScheme) -> list[Scan]:
         )
         scans[-1].mm2_per_px = mm2_per_pixel(record.get("dpi"))
         scans[-1].uncertainty = _float_or_none(record.get("uncertainty_mean"))
+        scans[-1].levels = recorded_levels(base, record)
     return scans
+
+
+def recorded_levels(base: Path, record: dict) -> dict[str, Path]:
+    """The confidence maps a record lists (its ``outputs``: the PNG or the TIFF predict wrote, a file name beside
+    the record) that exist."""
+    outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
+    levels = {}
+    for kind in CONFIDENCE:
+        entry = outputs.get(kind)
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if isinstance(name, str) and name == Path(name).name and (base.parent / name).is_file():
+            levels[kind] = base.parent / name
+    return levels
 
 
 def _float_or_none(value) -> float | None:

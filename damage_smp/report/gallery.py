@@ -10,6 +10,8 @@ Reads what ``damage-smp predict`` writes (predict.json for the label scheme, are
   small script (``DSMP_MASKS(chunk, {scan: [w, h, data]})``) that the page loads when a scan scrolls into view.
   Masks travel as bytes, not images, because a canvas that reads pixels of a file:// image is tainted in
   Chromium and Firefox; the page never reads pixels back, it only writes them.
+- ``conf/NNNN.js``: when the batch saved confidence maps (``predict --save ...,prob,uncertainty``), their previews
+  at the same size for the page's layer menu (confidence.py; a batch without them gets no menu and no folder).
 
 A mask is shrunk so that damage stays visible: a preview pixel whose block holds any damage shows a damage class
 (the highest class index among those in the block), others take the nearest pixel. Thin hairs and scratches of
@@ -35,6 +37,8 @@ from ..console import progress_bar
 from ..images import atomic_write_bytes, encode_image, read_image
 from ..labels import LabelScheme
 from .batch import Scan, gallery_order, read_batch, read_index
+from .confidence import CHUNK as LEVEL_CHUNK
+from .confidence import layer_list, render_levels, write_level_chunks
 from .gallery_html import CARD_SIDE, Rendered, gallery_body
 from .page import Built, Page
 
@@ -99,18 +103,19 @@ def render_scan(k: int, scan: Scan, scheme: LabelScheme, page: Page, thumb_size:
             return Rendered(error="no scan, overlay or mask file to show")
         preview = read_preview(base, thumb_size)  # (h, w, 3) uint8 RGB
         ph, pw = preview.shape[:2]
+        levels, level_error = render_levels(scan.levels, (pw, ph))  # the confidence maps at the preview's size
         atomic_write_bytes(page.staging / "previews" / f"{k:0{width}d}.jpg", encode_image(preview, ".jpg", 85))
         if max(pw, ph) > CARD_SIDE:  # else the card shows the preview itself
             thumb = fit(preview, CARD_SIDE, cv2.INTER_AREA)
             atomic_write_bytes(page.staging / "thumbs" / f"{k:0{width}d}.jpg", encode_image(thumb, ".jpg", 82))
         index = read_index(scan, scheme)
         if index is None:
-            return Rendered(pw, ph, error="no index or colour mask")
+            return Rendered(pw, ph, error="no index or colour mask", levels=levels, level_error=level_error)
         damage = np.zeros(256, bool)
         damage[scheme.damage_indices] = True
         small = shrink_index(index, (pw, ph), damage)  # (ph, pw) uint8
         data = base64.b64encode(zlib.compress(small.tobytes(), 6)).decode("ascii")
-        return Rendered(pw, ph, [pw, ph, data])
+        return Rendered(pw, ph, [pw, ph, data], levels=levels, level_error=level_error)
     except Exception as e:  # one unreadable scan must not cost the whole report
         return Rendered(error=f"{type(e).__name__}: {e}")
 
@@ -146,13 +151,29 @@ def build_gallery(
             scan_data(k, s, r, scheme, page, width) for k, (s, r) in enumerate(zip(shown, rendered, strict=True))
         ],
     }
-    notes = list(batch.notes)
+    layers = layer_list({kind for r in rendered for kind in r.levels})  # none: the page is as without the maps
+    if layers:
+        write_level_chunks(page, [r.levels for r in rendered])
+        data.update(layers=[{k: v for k, v in x.items() if k != "gradient"} for x in layers],
+                    conf=page.url("conf") + "/{}.js")  # fmt: skip
+        for k, (scan, r) in enumerate(zip(data["scans"], rendered, strict=True)):
+            scan["c"] = k // LEVEL_CHUNK if r.levels else -1
+    notes = list(batch.notes) + problem_notes(shown, rendered)
+    title = f"Damage report — {source.resolve().name}"
+    body = gallery_body(title, batch, shown, rendered, classes, max_images, notes, page, width, layers)
+    return Built(title, body, data, len(shown), len(batch.scans), notes)
+
+
+def problem_notes(shown: list[Scan], rendered: list[Rendered]) -> list[str]:
+    notes = []
     failed = [f"{s.name}: {r.error}" for s, r in zip(shown, rendered, strict=True) if r.error]
     if failed:
         notes.append(f"{len(failed)} scan(s) shown without preview or overlay: " + "; ".join(failed[:5]))
-    title = f"Damage report — {source.resolve().name}"
-    body = gallery_body(title, batch, shown, rendered, classes, max_images, notes, page, width)
-    return Built(title, body, data, len(shown), len(batch.scans), notes)
+    unread = [f"{s.name}: {r.level_error}" for s, r in zip(shown, rendered, strict=True) if r.level_error]
+    if unread:
+        notes.append(f"{len(unread)} scan(s) shown without a confidence map that could not be read: "
+                     + "; ".join(unread[:5]))  # fmt: skip
+    return notes
 
 
 def write_mask_chunks(page: Page, rendered: list[Rendered]) -> None:

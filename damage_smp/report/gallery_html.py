@@ -7,7 +7,7 @@ sorting, filtering and the viewer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..labels import LabelScheme
@@ -28,6 +28,8 @@ class Rendered:
     height: int = 0
     mask: list | None = None  # [w, h, base64 zlib bytes]
     error: str = ""
+    levels: dict = field(default_factory=dict)  # the confidence maps' previews: {kind: [w, h, base64 zlib bytes]}
+    level_error: str = ""  # a confidence map that could not be read
 
 
 def area_table(scan: Scan, scheme: LabelScheme) -> str:
@@ -155,7 +157,9 @@ def gallery_body(
     notes: list[str],
     page: Page,
     width: int,
+    layers: list[dict] | None = None,
 ) -> str:
+    """The page body; ``layers`` (confidence.layer_list): the confidence maps the layer menu offers, if any."""
     scheme = batch.scheme
     present = damage_present(scheme, shown)
     meta = [f"{len(batch.scans)} scans", f"label scheme <code>{esc(scheme.name)}</code>"]
@@ -176,14 +180,14 @@ def gallery_body(
 <section class="panel" id="summary" aria-labelledby="h-summary"><h2 id="h-summary">Collection summary</h2>
 {notes_html(batch, notes)}{summary_html(batch)}</section>
 <section id="gallery" aria-labelledby="h-gallery"><h2 id="h-gallery">Scans</h2>{cap}
-{toolbar_html(scheme, present, classes, len(shown), any(s.uncertainty is not None for s in shown))}
+{toolbar_html(scheme, present, classes, len(shown), any(s.uncertainty is not None for s in shown), layers)}
 <noscript><p class="note">JavaScript is off: the damage overlays, sorting and filters need it.</p></noscript>
 <div class="grid" id="grid">{cards}</div>
 <p class="hint">Click a scan (or focus it and press Enter) to see it large; ← and → step through the shown scans.
 Areas are % of the object (every pixel but background), from areas.csv. Legend: {legend}</p>
 </section>
 </main>
-{VIEWER_HTML}"""
+{viewer_html(layers)}"""
 
 
 def damage_present(scheme: LabelScheme, shown: list[Scan]) -> list[int]:
@@ -216,8 +220,9 @@ def _first(shown: list[Scan]) -> str:
 
 
 def toolbar_html(scheme: LabelScheme, present: list[int], classes: list[dict], n_shown: int,
-                 uncertain: bool = False) -> str:  # fmt: skip
-    """Sort, filter and opacity controls and one overlay chip per present class (and background, if any)."""
+                 uncertain: bool = False, layers: list[dict] | None = None) -> str:  # fmt: skip
+    """Sort, filter and opacity controls, the layer menu when the batch has confidence maps, and one overlay chip
+    per present class (and background, if any)."""
     bg = scheme.background_index
     toggles = present + ([bg] if bg is not None else [])
     chips = "".join(
@@ -237,10 +242,33 @@ def toolbar_html(scheme: LabelScheme, present: list[int], classes: list[dict], n
 <label>above <input id="fmin" type="number" min="0" max="100" step="0.01" value="0"> %</label>
 <label>Name <input id="fname" type="search" placeholder="contains…" size="12"></label>
 <label>Overlay opacity <input id="opacity" type="range" min="0" max="100" value="70"></label>
-<output id="count" aria-live="polite">{n_shown} of {n_shown} scans shown</output>
+{layer_html("layer", layers)}<output id="count" aria-live="polite">{n_shown} of {n_shown} scans shown</output>
 <fieldset class="chips" id="classes"><legend>Draw</legend>{chips}
 <button type="button" id="all-classes">all</button><button type="button" id="no-classes">none</button></fieldset>
 </form>"""
+
+
+def layer_html(select_id: str, layers: list[dict] | None) -> str:
+    """The layer menu (classes, or a confidence map) and a colour bar 0..1 per map; nothing without maps."""
+    if not layers:
+        return ""
+    options = '<option value="classes" selected>classes</option>' + "".join(
+        f'<option value="{x["kind"]}">{esc(x["label"])}</option>' for x in layers
+    )
+    bars = "".join(
+        f'<span class="cbar" data-layer="{x["kind"]}" role="img" aria-label="{esc(x["label"])}: dark 0 to light 1"'
+        f' hidden>0<i style="background:{x["gradient"]}"></i>1</span>'
+        for x in layers
+    )
+    return f'<label>Layer <select id="{select_id}">{options}</select></label>{bars}\n'
+
+
+def viewer_html(layers: list[dict] | None) -> str:
+    """The viewer dialog, with its own layer menu when the batch has confidence maps."""
+    if not layers:
+        return VIEWER_HTML
+    at = VIEWER_HTML.index('<fieldset id="viewer-classes">')
+    return VIEWER_HTML[:at] + layer_html("viewer-layer", layers) + VIEWER_HTML[at:]
 
 
 # the viewer dialog: static; report.js fills it with the scan that is opened

@@ -4,7 +4,8 @@
  * small script files beside the page (report_files/masks/NNNN.js, loaded on demand with <script src>, which
  * works from file:// in Chromium and Firefox). The masks are never read back from a canvas or an <img>: that
  * would taint the canvas from file:// and is randomised by anti-fingerprinting modes; they are inflated with
- * DecompressionStream and written with putImageData.
+ * DecompressionStream and written with putImageData. Confidence maps (predict --save prob,uncertainty) travel
+ * the same way (report_files/conf/NNNN.js, 8-bit levels) and are coloured by a lookup that the page data holds.
  */
 (function () {
   "use strict";
@@ -64,22 +65,27 @@
     var version = 0;
     var shown = new Set(); // cards near the viewport: the only ones with a painted canvas
 
-    // ---- masks: script chunks -> inflated class-index bytes, a small LRU of decoded masks
-    var chunkData = {}, chunkPromise = {}, decoded = new Map(), LRU = 48;
+    // ---- masks (and confidence maps): script chunks -> inflated bytes, a small LRU of decoded ones
+    var chunkData = {}, confData = {}, decoded = new Map(), LRU = 48;
     window.DSMP_MASKS = function (chunk, masks) { chunkData[chunk] = masks; };
+    window.DSMP_CONF = function (chunk, maps) { confData[chunk] = maps; };
 
-    function loadChunk(c) {
-      if (!chunkPromise[c]) {
-        chunkPromise[c] = new Promise(function (resolve, reject) {
-          var s = document.createElement("script");
-          s.src = D.chunk.replace("{}", ("000" + c).slice(-4));
-          s.onload = function () { chunkData[c] ? resolve(chunkData[c]) : reject(new Error("empty " + s.src)); };
-          s.onerror = function () { reject(new Error("cannot load " + s.src)); };
-          document.head.appendChild(s);
-        });
-      }
-      return chunkPromise[c];
+    function chunkLoader(pattern, store) {
+      var promises = {};
+      return function (c) {
+        if (!promises[c]) {
+          promises[c] = new Promise(function (resolve, reject) {
+            var s = document.createElement("script");
+            s.src = pattern.replace("{}", ("000" + c).slice(-4));
+            s.onload = function () { store[c] ? resolve(store[c]) : reject(new Error("empty " + s.src)); };
+            s.onerror = function () { reject(new Error("cannot load " + s.src)); };
+            document.head.appendChild(s);
+          });
+        }
+        return promises[c];
+      };
     }
+    var loadChunk = chunkLoader(D.chunk, chunkData), loadConf = D.conf ? chunkLoader(D.conf, confData) : null;
 
     function inflate(b64) {
       var bin = atob(b64), bytes = new Uint8Array(bin.length);
@@ -88,17 +94,42 @@
       return new Response(stream).arrayBuffer().then(function (buf) { return new Uint8Array(buf); });
     }
 
-    function maskOf(i) {
-      var hit = decoded.get(i);
-      if (hit) { decoded.delete(i); decoded.set(i, hit); return hit; }
-      var p = loadChunk(D.scans[i].m).then(function (masks) {
-        var e = masks[i];
-        return inflate(e[2]).then(function (idx) { return { w: e[0], h: e[1], idx: idx }; });
-      });
-      decoded.set(i, p);
+    function unpack(e) { return inflate(e[2]).then(function (idx) { return { w: e[0], h: e[1], idx: idx }; }); }
+
+    function cached(key, make) {
+      var hit = decoded.get(key);
+      if (hit) { decoded.delete(key); decoded.set(key, hit); return hit; }
+      var p = make();
+      decoded.set(key, p);
       if (decoded.size > LRU) decoded.delete(decoded.keys().next().value);
       return p;
     }
+
+    function maskOf(i) {
+      return cached(i, function () { return loadChunk(D.scans[i].m).then(function (masks) { return unpack(masks[i]); }); });
+    }
+
+    // what a canvas shows: "classes" (the class mask) or a confidence map ("prob", "uncertainty"; null: none)
+    function layerOf(i, which) {
+      if (which === "classes") return maskOf(i);
+      if (!(D.scans[i].c >= 0)) return Promise.resolve(null);
+      return cached(i + ":" + which, function () {
+        return loadConf(D.scans[i].c).then(function (maps) {
+          var e = maps[i] && maps[i][which];
+          return e ? unpack(e) : null;
+        });
+      });
+    }
+
+    var LUTS = {}; // confidence map -> 256 RGBA colours of its levels (computed in Python from a colour map)
+    (D.layers || []).forEach(function (l) {
+      var bin = atob(l.lut), lut = new Uint32Array(256), b = new Uint8Array(lut.buffer);
+      for (var k = 0; k < 256; k++) {
+        b[4 * k] = bin.charCodeAt(3 * k); b[4 * k + 1] = bin.charCodeAt(3 * k + 1);
+        b[4 * k + 2] = bin.charCodeAt(3 * k + 2); b[4 * k + 3] = 255;
+      }
+      LUTS[l.kind] = lut;
+    });
 
     function palette(on) {
       var pal = new Uint32Array(256), b = new Uint8Array(pal.buffer);
@@ -120,13 +151,18 @@
       ctx.putImageData(img, 0, 0);
     }
 
-    var pal = palette(drawOn);
+    function draw(canvas, m, which, pal) {
+      if (!m) { canvas.width = 0; canvas.height = 0; return; } // this scan has no such map: the scan alone
+      paint(canvas, m, which === "classes" ? pal : LUTS[which]);
+    }
+
+    var pal = palette(drawOn), layer = "classes";
     function drawCard(card) {
-      var canvas = card.querySelector("canvas"), v = version;
+      var canvas = card.querySelector("canvas"), v = version, which = layer;
       if (canvas.getAttribute("data-v") === String(v)) return;
-      maskOf(Number(card.getAttribute("data-i"))).then(function (m) {
+      layerOf(Number(card.getAttribute("data-i")), which).then(function (m) {
         if (v !== version || !shown.has(card)) return; // a newer state or scrolled away: that paint wins
-        paint(canvas, m, pal);
+        draw(canvas, m, which, pal);
         canvas.setAttribute("data-v", String(v));
       }, function (err) { card.setAttribute("data-error", String(err)); });
     }
@@ -167,6 +203,19 @@
     }
     document.getElementById("all-classes").addEventListener("click", function () { setAll(true); });
     document.getElementById("no-classes").addEventListener("click", function () { setAll(false); });
+    // ---- the layer menu (only when the batch saved confidence maps): classes or a colour-mapped map
+    function showLayer(scope, which, chips) {
+      scope.querySelectorAll(".cbar").forEach(function (bar) { bar.hidden = bar.getAttribute("data-layer") !== which; });
+      chips.disabled = which !== "classes"; // class toggles apply to the class mask only
+    }
+    var layerSel = document.getElementById("layer"), chipBox = document.getElementById("classes");
+    if (layerSel) {
+      layerSel.addEventListener("change", function () {
+        layer = layerSel.value;
+        showLayer(document.getElementById("toolbar"), layer, chipBox);
+        redraw();
+      });
+    }
     var opacity = document.getElementById("opacity");
     function applyOpacity() { grid.style.setProperty("--ov", String(Number(opacity.value) / 100)); }
     opacity.addEventListener("input", applyOpacity);
@@ -219,12 +268,17 @@
     var vCanvas = document.getElementById("viewer-canvas"), vFrame = document.getElementById("viewer-frame");
     var vOpacity = document.getElementById("viewer-opacity"), vClasses = document.getElementById("viewer-classes");
     var vTable = document.getElementById("viewer-areas"), current = null, vOn = null;
+    var vLayer = document.getElementById("viewer-layer"), vWhich = "classes";
 
     function visibleCards() { return Array.prototype.filter.call(grid.children, function (c) { return !c.hidden; }); }
 
     function paintViewer() {
-      var i = current;
-      maskOf(i).then(function (m) { if (i === current) paint(vCanvas, m, palette(vOn)); });
+      var i = current, which = vWhich;
+      layerOf(i, which).then(function (m) {
+        if (i !== current || which !== vWhich) return;
+        draw(vCanvas, m, which, palette(vOn));
+        vCanvas.setAttribute("data-layer", which);
+      });
     }
 
     function openViewer(card) {
@@ -237,6 +291,8 @@
       vFrame.style.aspectRatio = s.w + " / " + s.h;
       vFrame.style.width = "min(100%, calc((94vh - 1.2rem) * " + (s.w / s.h).toFixed(5) + "))";
       vOpacity.value = opacity.value;
+      vWhich = layer; // the viewer opens on the gallery's layer; its own menu changes only the viewer
+      if (vLayer) { vLayer.value = layer; showLayer(dialog, vWhich, vClasses); }
       vCanvas.style.opacity = String(Number(vOpacity.value) / 100);
       vClasses.querySelectorAll(".chip").forEach(function (el) { el.remove(); });
       Object.keys(s.a).sort(function (a, b) { return s.a[b][1] - s.a[a][1]; }).forEach(function (k) {
@@ -271,6 +327,13 @@
       var button = e.target.closest("button.open");
       if (button) openViewer(button.closest(".card"));
     });
+    if (vLayer) {
+      vLayer.addEventListener("change", function () {
+        vWhich = vLayer.value;
+        showLayer(dialog, vWhich, vClasses);
+        paintViewer();
+      });
+    }
     vOpacity.addEventListener("input", function () { vCanvas.style.opacity = String(Number(vOpacity.value) / 100); });
     document.getElementById("viewer-prev").addEventListener("click", function () { step(-1); });
     document.getElementById("viewer-next").addEventListener("click", function () { step(1); });
