@@ -75,14 +75,14 @@ def write_outputs(
         _write_bgr(job.output("colour"), colour_table_bgr(scheme)[index])  # (H, W, 3) by lookup, no floats
     for kind in (k for k in CONFIDENCE_KINDS if k in want):
         written[kind] = write_confidence(job, kind, maps[kind], old)  # 8-bit PNG, or 16-bit TIFF when large
+    counts = count_classes(index, scheme.num_classes)
+    damage = [int(c) for c in np.flatnonzero(counts) if c in scheme.damage_indices]  # the damage classes present
     if "layers" in want:  # before the overlay, which tints the scan in place
-        damage = [c for c in present_classes(index, scheme) if c in scheme.damage_indices]
         write_layers(job.output("layers"), image, index, scheme, damage)
     if "overlay" in want:
-        bgr = tint_in_place(image, index, scheme)
-        draw_legend(bgr, scheme, [c for c in present_classes(index, scheme) if c in scheme.damage_indices])
+        bgr = tint_in_place(image, index, scheme)  # the scan's own buffer, now BGR
+        draw_legend(bgr, scheme, damage)
         _write_bgr(job.output("overlay"), bgr)
-    counts = count_classes(index, scheme.num_classes)
     write_json(
         job.output("areas"),
         {
@@ -121,10 +121,6 @@ def draw_legend(bgr: np.ndarray, scheme: LabelScheme, classes: list[int]) -> Non
     m = max(2, round(8 * scale))
     m = min(m, h - size[1], w - size[0])
     bgr[m : m + size[1], m : m + size[0]] = legend
-
-
-def present_classes(index: np.ndarray, scheme: LabelScheme) -> list[int]:
-    return [int(c) for c in np.flatnonzero(count_classes(index, scheme.num_classes))]
 
 
 def count_classes(index: np.ndarray, num_classes: int, chunk: int = 1 << 22) -> np.ndarray:
