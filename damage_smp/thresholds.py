@@ -59,13 +59,13 @@ def _classes(probs: torch.Tensor, idx) -> torch.Tensor:
 
 
 def _best(probs: torch.Tensor, idx: tuple[int, ...]) -> torch.Tensor:
-    """(h, w) uint8 class index of the most likely class among ``idx`` (the first on a tie)."""
-    if len(idx) == 1:  # a 0-d tensor: torch.where broadcasts it, no full-size map
-        return torch.tensor(idx[0], dtype=torch.uint8, device=probs.device)
-    pos = _classes(probs, idx).max(0).indices.to(torch.uint8)
-    if list(idx) == list(range(idx[0], idx[-1] + 1)):
-        return pos.add_(idx[0]) if idx[0] else pos
-    return torch.tensor(idx, dtype=torch.uint8, device=probs.device)[pos.long()]
+    """(h, w) int64 class index of the most likely class among ``idx`` (the first on a tie)."""
+    if len(idx) == 1:
+        return torch.full(probs.shape[1:], idx[0], dtype=torch.int64, device=probs.device)
+    pos = _classes(probs, idx).max(0).indices
+    return (
+        pos + idx[0] if list(idx) == list(range(idx[0], idx[-1] + 1)) else torch.tensor(idx, device=probs.device)[pos]
+    )
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,8 @@ class Decision:
         """(C, h, w) float probabilities -> (h, w) uint8 class indices (on the probabilities' device)."""
         if self.kind == "argmax":
             return probs.max(0).indices.to(torch.uint8)  # = argmax(0), faster (tiling.class_argmax)
-        # floor(p * BINS) >= level  <=>  p * BINS >= level (level is an integer): quantise's levels, no int64 map
-        is_damage = damage_probability(probs, list(self.damage)).float() * BINS >= self.level
-        return torch.where(is_damage, _best(probs, self.damage), _best(probs, self.other))
+        is_damage = quantise(damage_probability(probs, list(self.damage))) >= self.level
+        return torch.where(is_damage, _best(probs, self.damage), _best(probs, self.other)).to(torch.uint8)
 
 
 def check_tunable(scheme: LabelScheme) -> None:
