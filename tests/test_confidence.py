@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import torch
 from typer.testing import CliRunner
 
 from damage_smp.cli import app
@@ -50,3 +51,21 @@ def test_gallery_puts_the_most_uncertain_first_when_the_batch_saved_uncertainty(
         s.uncertainty = u
     order, by = gallery_order(scans)
     assert [s.name for s in order] == ["b", "c", "a"] and by == "mean uncertainty"
+
+
+def test_one_damage_class_maps_leave_the_probabilities_as_they_are():
+    """artefact-binary has one damage class, so its damage probability is a view of the probabilities: the
+    maps must not clamp it in place (that raised on predict's inference-mode tensors and changed the entropy)."""
+    from damage_smp.predict.confidence import block_filler, confidence_maps
+
+    binary = load_scheme("artefact-binary")
+    with torch.inference_mode():  # as the tiler hands its blocks on
+        probs = torch.softmax(torch.randn(binary.num_classes, 20, 30, generator=torch.Generator().manual_seed(0)), 0)
+    before = probs.clone()
+    maps = confidence_maps(("prob", "uncertainty"), (20, 30))
+    block_filler(maps, binary.damage_indices, binary.num_classes)(0, 20, 0, 30, probs)
+    assert torch.equal(probs, before)
+    (damage,) = binary.damage_indices
+    assert np.abs(maps["prob"].astype(int) - (before[damage] * 255).round().numpy()).max() <= 1
+    entropy = -(before * before.log()).sum(0) / math.log(binary.num_classes)
+    assert np.abs(maps["uncertainty"].astype(int) - (entropy * 255).round().numpy()).max() <= 1

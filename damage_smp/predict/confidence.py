@@ -50,9 +50,10 @@ def block_filler(maps: dict[str, np.ndarray], damage: list[int], num_classes: in
             if kind == "prob":
                 level = damage_probability(probs, damage)
             else:
-                level = normalised_entropy(probs, 0) if flip_entropy is None else flip_entropy.clone()
+                level = normalised_entropy(probs, 0) if flip_entropy is None else flip_entropy
             top = float(np.iinfo(target.dtype).max)
-            target[y0:y1, x0:x1] = level.clamp_(0, 1).mul_(top).round_().cpu().numpy()
+            # clamp, not clamp_: with one damage class ``level`` is a view of the (inference-mode) probs
+            target[y0:y1, x0:x1] = level.clamp(0, 1).mul_(top).round_().cpu().numpy()
 
     return on_block
 
