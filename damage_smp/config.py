@@ -120,6 +120,9 @@ class TrainConfig:
     """Square training crops in pixels, taken at native resolution."""
     samples_per_epoch: int = 256
     """Random crops per epoch, independent of dataset size."""
+    damage_crops: float = 0.0
+    """Share of the crops (0 to 1) placed so that they hold a damage pixel (nnU-Net's foreground oversampling,
+    which uses 0.33): rare damage is seen more often. 0 = uniform random crops."""
     train_fraction: float = 1.0
     """Use a seeded subset of this fraction of the training images (data-efficiency studies)."""
     lr: float = 1e-3
@@ -185,6 +188,8 @@ class TrainConfig:
         check_multiple_of_32("tile", self.tile, minimum=64)
         if not 0 <= self.overlap < 1:
             bad("overlap", f"must be in [0, 1), got {self.overlap}")
+        if not 0 <= self.damage_crops <= 1:
+            bad("damage_crops", f"must be in [0, 1], got {self.damage_crops}")
         if not 0 < self.train_fraction <= 1:
             bad("train_fraction", f"must be in (0, 1], got {self.train_fraction}")
         if self.lr <= 0:

@@ -69,6 +69,7 @@ class SegmentationDataset(Dataset):
         decode_cache: DecodeCache | None = None,
         mask_schemes: list[LabelScheme] | None = None,
         weights: list[float] | None = None,
+        damage_crops: float = 0.0,
     ):
         missing = [c for c in ("image_path", "mask_path") if c not in rows.columns]
         if missing:
@@ -93,6 +94,7 @@ class SegmentationDataset(Dataset):
                 raise ValueError(f"dataset: {len(given)} {name} for {len(self.images)} rows")
         self.mask_schemes = mask_schemes
         self.weights = None if weights is None else [float(w) for w in weights]
+        self.damage_crops = float(damage_crops)  # share of training crops placed on damage (``damage_crop``)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by every worker
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cached = 0  # bytes of in-memory arrays in _cache (memory maps count 0)
@@ -192,7 +194,11 @@ class SegmentationDataset(Dataset):
         else:
             rng = np.random.default_rng([self.seed, epoch, i, 1])
             row = int(self._order(epoch, i // len(self.images))[i % len(self.images)])
-            image, mask = random_crop(*self.load(row), self.crop_size, rng)
+            image, mask = self.load(row)
+            if self.damage_crops and rng.random() < self.damage_crops:  # no extra draw at 0: old crops stay
+                image, mask = damage_crop(image, mask, self.crop_size, rng, self.scheme_of(row).damage_indices)
+            else:
+                image, mask = random_crop(image, mask, self.crop_size, rng)
         if self.transform is not None:
             self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
             out = self.transform(image=image, mask=mask)
@@ -221,6 +227,9 @@ def mask_kind(scheme: LabelScheme) -> str:
     return "index-" + hashlib.sha1(json.dumps(scheme.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
+DAMAGE_STRIP = 1024  # rows of the mask damage_crop scans at a time
+
+
 def random_crop(
     image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -229,10 +238,42 @@ def random_crop(
     The image lands at a random offset inside the padding, so small images are not always top-left.
     """
     h, w = mask.shape
-    out_image = np.zeros((size, size, 3), np.uint8)
-    out_mask = np.full((size, size), IGNORE_INDEX, np.uint8)
     y = int(rng.integers(0, h - size + 1)) if h >= size else -int(rng.integers(0, size - h + 1))
     x = int(rng.integers(0, w - size + 1)) if w >= size else -int(rng.integers(0, size - w + 1))
+    return crop_at(image, mask, size, y, x)
+
+
+def damage_crop(
+    image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator, damage: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size crop that holds a damage pixel (one of the ``damage`` class indices), drawn uniformly among
+    the mask's damage pixels and placed uniformly in the crop; a ``random_crop`` when the mask has no damage.
+    The mask is scanned in strips of DAMAGE_STRIP rows, so a big scan needs no full-size temporary."""
+    h, w = mask.shape
+    is_damage = np.zeros(256, bool)
+    is_damage[list(damage)] = True
+    counts = [int(np.count_nonzero(is_damage[mask[y : y + DAMAGE_STRIP]])) for y in range(0, h, DAMAGE_STRIP)]
+    total = sum(counts)
+    if total == 0:
+        return random_crop(image, mask, size, rng)
+    k = int(rng.integers(total))
+    strip = int(np.searchsorted(np.cumsum(counts), k, side="right"))
+    flat = np.flatnonzero(is_damage[mask[strip * DAMAGE_STRIP : (strip + 1) * DAMAGE_STRIP]])
+    py, px = divmod(int(flat[k - sum(counts[:strip])]), w)
+    py += strip * DAMAGE_STRIP
+
+    def corner(p: int, n: int) -> int:  # the pixel lands anywhere in the crop, the crop inside the image
+        return int(np.clip(p - int(rng.integers(size)), 0, n - size)) if n >= size else -int(rng.integers(size - n + 1))
+
+    return crop_at(image, mask, size, corner(py, h), corner(px, w))
+
+
+def crop_at(image: np.ndarray, mask: np.ndarray, size: int, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
+    """The size x size crop whose top-left corner is (y, x); negative or past the border: padded (image 0,
+    mask ignore). ``y``/``x`` must keep the crop inside the image on any axis at least ``size`` long."""
+    h, w = mask.shape
+    out_image = np.zeros((size, size, 3), np.uint8)
+    out_mask = np.full((size, size), IGNORE_INDEX, np.uint8)
     sy, sx = max(y, 0), max(x, 0)  # source corner
     dy, dx = max(-y, 0), max(-x, 0)  # destination corner
     ch, cw = min(size, h), min(size, w)

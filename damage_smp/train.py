@@ -214,7 +214,7 @@ def assemble(cfg, paths, scheme, device, model, frozen, train_rows, val_rows, sh
     dataset = SegmentationDataset(rows, scheme, crop_size=cfg.crop_size, samples_per_epoch=cfg.samples_per_epoch,
                                   transform=train_transform(cfg.aug_strength), max_pixels=cfg.max_pixels,
                                   cache_mb=cfg.cache_mb, seed=cfg.seed, decode_cache=default_decode_cache(),
-                                  mask_schemes=schemes, weights=weights)  # fmt: skip
+                                  mask_schemes=schemes, weights=weights, damage_crops=cfg.damage_crops)  # fmt: skip
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False) if world > 1 else None
     loader = make_loader(dataset, cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, device_type=device.type,
                          sampler=sampler, drop_last=len(dataset) >= cfg.batch_size * world)  # fmt: skip
