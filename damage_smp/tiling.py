@@ -32,7 +32,6 @@ With ``flip_entropy`` the band carries one more channel, each tile's flip disagr
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,7 +51,6 @@ STATS: dict = {}
 
 
 # ----------------------------------------------------------------------------------------- geometry
-@functools.lru_cache(maxsize=8)  # one window per tile shape: every image of a batch reuses it (read-only)
 def gaussian_weights(tile: int | tuple[int, int], sigma_scale: float = 1 / 8, floor: float = 1e-3) -> torch.Tensor:
     """(th, tw) float32 Gaussian window, 1 at the centre, > 0 everywhere so borders still count.
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from damage_smp.config import TrainConfig
-from damage_smp.data import SegmentationDataset, damage_crop, random_crop
+from damage_smp.crops import damage_crop, random_crop
+from damage_smp.data import SegmentationDataset
 from damage_smp.images import write_image
 from damage_smp.labels import load_scheme
 
