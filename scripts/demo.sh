@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: a complete transfer-learning study on the bundled synthetic sample, offline, on CPU.
 # tu-efficientnet_lite0 with ImageNet weights frozen, fine-tuned, and from scratch, at one equal budget of
-# 4 epochs x 384 random crops of 192 px (the same crops for all three), damage vs clean (artefact-binary labels);
+# 5 epochs x 384 crops of 192 px, half of them placed on damage (--damage-crops 0.5; the same crops for all
+# three), damage vs clean (artefact-binary labels);
 # then evaluate, compare (with the paired bootstrap CI of each difference), predict and report.
 # About 10 minutes on 2 quiet CPU cores (README). Re-running skips runs that already finished.
 # DEMO_QUICK=1: a smoke test of the whole pipeline in a couple of minutes (2 epochs x 64 crops of 128 px; it
@@ -12,12 +13,12 @@ DS=.venv/bin/damage-smp
 if [ "${DEMO_QUICK:-0}" = 1 ]; then
   TAG=demo-quick EPOCHS=${DEMO_EPOCHS:-2} SAMPLES=${DEMO_SAMPLES:-64} CROP=${DEMO_CROP:-128}
 else
-  TAG=demo EPOCHS=${DEMO_EPOCHS:-4} SAMPLES=${DEMO_SAMPLES:-384} CROP=${DEMO_CROP:-192}
+  TAG=demo EPOCHS=${DEMO_EPOCHS:-5} SAMPLES=${DEMO_SAMPLES:-384} CROP=${DEMO_CROP:-192}
 fi
 EXP=${DEMO_EXPERIMENTS:-experiments/$TAG}
 COMMON=(--manifest data_manifest.csv --labels artefact-binary --encoder tu-efficientnet_lite0 --epochs "$EPOCHS"
         --samples-per-epoch "$SAMPLES" --crop-size "$CROP" --batch-size 8 --lr 2e-3 --warmup-iters 20
-        --class-weights auto --out-dir "$EXP" --seed 0)
+        --class-weights auto --damage-crops 0.5 --out-dir "$EXP" --seed 0)
 
 finished() { [ -f "$1/state.json" ] && grep -q '"finished"' "$1/state.json"; }
 
