@@ -23,23 +23,21 @@ def random_crop(
 
 
 def damage_crop(
-    image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator, damage: list[int]
+    image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator, is_damage: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A size x size crop that holds a damage pixel (one of the ``damage`` class indices), drawn uniformly among
-    the mask's damage pixels and placed uniformly in the crop; a ``random_crop`` when the mask has no damage.
+    """A size x size crop that holds a damage pixel (``is_damage``: the scheme's ``damage_table``), drawn uniformly
+    among the mask's damage pixels and placed uniformly in the crop; a ``random_crop`` when the mask has no damage.
     The mask is scanned in strips of DAMAGE_STRIP rows, so a big scan needs no full-size temporary."""
     h, w = mask.shape
-    is_damage = np.zeros(256, bool)
-    is_damage[list(damage)] = True
-    counts = [int(np.count_nonzero(is_damage[mask[y : y + DAMAGE_STRIP]])) for y in range(0, h, DAMAGE_STRIP)]
-    total = sum(counts)
-    if total == 0:
+    strips = range(0, h, DAMAGE_STRIP)
+    ends = np.cumsum([np.count_nonzero(is_damage[mask[y : y + DAMAGE_STRIP]]) for y in strips])  # damage up to each
+    if ends[-1] == 0:
         return random_crop(image, mask, size, rng)
-    k = int(rng.integers(total))
-    strip = int(np.searchsorted(np.cumsum(counts), k, side="right"))
-    flat = np.flatnonzero(is_damage[mask[strip * DAMAGE_STRIP : (strip + 1) * DAMAGE_STRIP]])
-    py, px = divmod(int(flat[k - sum(counts[:strip])]), w)
-    py += strip * DAMAGE_STRIP
+    k = int(rng.integers(ends[-1]))  # the k-th damage pixel, row-major
+    s = int(np.searchsorted(ends, k, side="right"))
+    flat = np.flatnonzero(is_damage[mask[strips[s] : strips[s] + DAMAGE_STRIP]])
+    py, px = divmod(int(flat[k - (ends[s - 1] if s else 0)]), w)
+    py += strips[s]
 
     def corner(p: int, n: int) -> int:  # the pixel lands anywhere in the crop, the crop inside the image
         return int(np.clip(p - int(rng.integers(size)), 0, n - size)) if n >= size else -int(rng.integers(size - n + 1))

@@ -197,7 +197,7 @@ class SegmentationDataset(Dataset):
             row = int(self._order(epoch, i // len(self.images))[i % len(self.images)])
             image, mask = self.load(row)
             if self.damage_crops and rng.random() < self.damage_crops:  # no extra draw at 0: old crops stay
-                image, mask = damage_crop(image, mask, self.crop_size, rng, self.scheme_of(row).damage_indices)
+                image, mask = damage_crop(image, mask, self.crop_size, rng, self.scheme_of(row).damage_table)
             else:
                 image, mask = random_crop(image, mask, self.crop_size, rng)
         if self.transform is not None:

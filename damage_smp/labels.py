@@ -117,6 +117,13 @@ class LabelScheme:
         return [i for i, c in enumerate(self.classes) if c.damage]
 
     @property
+    def damage_table(self) -> np.ndarray:
+        """(256,) bool lookup: ``damage_table[index_map]`` marks the damage pixels of a uint8 class-index map."""
+        table = np.zeros(256, bool)
+        table[self.damage_indices] = True
+        return table
+
+    @property
     def clean_index(self) -> int | None:
         return self.names.index(self.clean) if self.clean is not None else None
 

@@ -55,8 +55,7 @@ def tint_in_place(image: np.ndarray, index: np.ndarray, scheme: LabelScheme, alp
     full-size copy is ever made. Clean, background and ignored pixels stay as they are.
     """
     colours = display_table(scheme, bgr=to_bgr)
-    is_damage = np.zeros(256, bool)
-    is_damage[scheme.damage_indices] = True
+    is_damage = scheme.damage_table
     r, h = outline_width(image.shape), image.shape[0]
     for y0 in range(0, h, STRIP_ROWS):
         y1 = min(y0 + STRIP_ROWS, h)

@@ -57,7 +57,7 @@ def test_the_damage_pixel_lands_anywhere_in_the_crop_and_the_crop_stays_aligned(
     places = set()
     for k in range(40):
         rng = np.random.default_rng(k)
-        img, m = damage_crop(image, mask, 64, rng, [1])
+        img, m = damage_crop(image, mask, 64, rng, BINARY.damage_table)
         ys, xs = np.nonzero(m == 1)
         assert len(ys) == 1
         places.add((int(ys[0]), int(xs[0])))
@@ -68,7 +68,7 @@ def test_the_damage_pixel_lands_anywhere_in_the_crop_and_the_crop_stays_aligned(
 def test_a_mask_without_damage_gets_a_uniform_crop():
     mask = np.zeros((100, 120), np.uint8)
     image = np.zeros((100, 120, 3), np.uint8)
-    a = damage_crop(image, mask, 64, np.random.default_rng(3), [1])
+    a = damage_crop(image, mask, 64, np.random.default_rng(3), BINARY.damage_table)
     b = random_crop(image, mask, 64, np.random.default_rng(3))
     assert np.array_equal(a[1], b[1])
 

@@ -111,9 +111,7 @@ def render_scan(k: int, scan: Scan, scheme: LabelScheme, page: Page, thumb_size:
         index = read_index(scan, scheme)
         if index is None:
             return Rendered(pw, ph, error="no index or colour mask", levels=levels, level_error=level_error)
-        damage = np.zeros(256, bool)
-        damage[scheme.damage_indices] = True
-        small = shrink_index(index, (pw, ph), damage)  # (ph, pw) uint8
+        small = shrink_index(index, (pw, ph), scheme.damage_table)  # (ph, pw) uint8
         data = base64.b64encode(zlib.compress(small.tobytes(), 6)).decode("ascii")
         return Rendered(pw, ph, [pw, ph, data], levels=levels, level_error=level_error)
     except Exception as e:  # one unreadable scan must not cost the whole report
