@@ -45,6 +45,13 @@ def outline_width(shape: tuple[int, ...]) -> int:
     return 1 + min(shape[:2]) // 1000
 
 
+def lookup_colours(index: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 class indices -> (H, W, 3) uint8 ``table[index]`` ((256, 3) table), by OpenCV's LUT:
+    several times faster than numpy's fancy indexing."""
+    out = cv2.merge([index, index, index])
+    return cv2.LUT(out, np.ascontiguousarray(table).reshape(1, 256, 3), dst=out)  # in place: one (H, W, 3) array
+
+
 def tint_in_place(image: np.ndarray, index: np.ndarray, scheme: LabelScheme, alpha: float = OVERLAY_ALPHA,
                   to_bgr: bool = True) -> np.ndarray:  # fmt: skip
     """RGB image -> overlay in the same buffer (BGR for OpenCV when ``to_bgr``): damage pixels blended with
@@ -55,23 +62,24 @@ def tint_in_place(image: np.ndarray, index: np.ndarray, scheme: LabelScheme, alp
     full-size copy is ever made. Clean, background and ignored pixels stay as they are.
     """
     colours = display_table(scheme, bgr=to_bgr)
-    is_damage = scheme.damage_table
+    damage = scheme.damage_table.astype(np.uint8) * 255  # (256,) 0/255: OpenCV's mask convention
     r, h = outline_width(image.shape), image.shape[0]
+    kernel = np.ones((3, 3), np.uint8)
     for y0 in range(0, h, STRIP_ROWS):
         y1 = min(y0 + STRIP_ROWS, h)
         strip, idx = image[y0:y1], index[y0:y1]  # (s, W, 3) view, (s, W)
         if to_bgr:
             cv2.cvtColor(strip, cv2.COLOR_RGB2BGR, dst=strip)
-        show = is_damage[idx]  # (s, W) bool
-        if not show.any():
+        show = cv2.LUT(idx, damage)  # (s, W) uint8 0/255
+        if not cv2.countNonZero(show):
             continue
         light = cv2.cvtColor(strip, cv2.COLOR_BGR2GRAY if to_bgr else cv2.COLOR_RGB2GRAY) > DARK_ABOVE
-        np.copyto(strip, cv2.addWeighted(strip, 1 - alpha, colours[idx], alpha, 0.0), where=show[..., None])
+        cv2.copyTo(cv2.addWeighted(strip, 1 - alpha, lookup_colours(idx, colours), alpha, 0.0), show, strip)
         c0, c1 = max(0, y0 - r), min(h, y1 + r)
-        mask = is_damage[index[c0:c1]].view(np.uint8)
-        inner = cv2.erode(mask, np.ones((3, 3), np.uint8), iterations=r, borderType=cv2.BORDER_REPLICATE)
-        edge = (mask > inner)[y0 - c0 : y1 - c0]
-        np.copyto(strip, np.where(light, 0, 255).astype(np.uint8)[..., None], where=edge[..., None])
+        mask = cv2.LUT(index[c0:c1], damage)
+        inner = cv2.erode(mask, kernel, iterations=r, borderType=cv2.BORDER_REPLICATE)
+        ys, xs = np.nonzero((mask > inner)[y0 - c0 : y1 - c0])  # the inner edge of each damage region
+        strip[ys, xs] = np.where(light[ys, xs], 0, 255).astype(np.uint8)[:, None]
     return image
 
 

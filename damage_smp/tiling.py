@@ -13,7 +13,8 @@ How it works:
    float as a whole), and stacks them into batches.
 3. Each tile's softmax probabilities are multiplied by a Gaussian window (``gaussian_weights``: 1 in the
    centre, small but > 0 at the border, where a conv net has seen least context) and added into an
-   accumulator; the weights are added into a weight map; probability = sum / weight.
+   accumulator; the weights are added into a weight map; probability = sum / weight. An image that one tile
+   covers (the usual validation or small-scan input) skips all of it: its probabilities are final as they are.
 4. Memory: the accumulator is a *band* of ``tile`` image rows, (C, tile, W) plus a (tile, W) weight band,
    used as a ring buffer. Tiles arrive row by row, so when the first tile of a new tile row starts at row y,
    every row above y is final: it is normalised, handed on (argmax by ``predict_index``) and its band rows
@@ -32,6 +33,7 @@ With ``flip_entropy`` the band carries one more channel, each tile's flip disagr
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,9 +42,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .blend import FLUSH_COLUMNS, BlendBand, gaussian_weights
+
+__all__ = ["FLUSH_COLUMNS", "gaussian_weights"]  # re-exported: the window is part of tiling's contract (tests)
+
 MULTIPLE = 32  # smp encoders downsample 5 times: inputs must be multiples of 2**5
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # identity, h-flip, v-flip, both
-FLUSH_COLUMNS = 2048  # completed rows are normalised this many columns at a time (bounds the temporary)
 
 # Filled by predict_index / predict_probs on every call, from the real tensors they allocate: the memory
 # test reads it, and so can a benchmark. Keys: accumulator_bytes, accumulator_shape, weight_bytes,
@@ -51,24 +56,6 @@ STATS: dict = {}
 
 
 # ----------------------------------------------------------------------------------------- geometry
-def gaussian_weights(tile: int | tuple[int, int], sigma_scale: float = 1 / 8, floor: float = 1e-3) -> torch.Tensor:
-    """(th, tw) float32 Gaussian window, 1 at the centre, > 0 everywhere so borders still count.
-
-    sigma = ``sigma_scale`` x the tile side (nnU-Net's choice), per axis for non-square tiles. Each axis
-    profile is clamped to >= ``floor`` before the outer product (so the window is >= floor**2): clamping
-    the 2-D product instead would flatten it along the whole rim, and where four tiles meet the three
-    rims would outweigh the one tile that sees the corner pixel in its interior.
-    """
-    th, tw = (tile, tile) if isinstance(tile, int) else tile
-
-    def axis(n: int) -> torch.Tensor:
-        x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
-        g = torch.exp(-0.5 * (x / max(n * sigma_scale, 1e-6)) ** 2)
-        return (g / g.max()).clamp_min(floor)
-
-    return torch.outer(axis(th), axis(tw)).to(torch.float32)  # (th, tw)
-
-
 def tile_grid(h: int, w: int, tile: int | tuple[int, int], overlap: float) -> list[tuple[int, int]]:
     """Top-left corners (y, x) of tiles covering an h x w image, row-major; the last tile of each axis is
     flush with the border. Each axis needs its tile side <= its size (``plan_tiles`` pads to make it so)."""
@@ -211,7 +198,8 @@ def _run_model(model, batch: torch.Tensor, num_classes: int, amp_dtype, tta: boo
         x = batch.flip(dims) if dims else batch
         amp = torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
         with amp:
-            logits = model(x)  # (N, C, th, tw)
+            logits = model(x).contiguous()  # (N, C, th, tw); a channels_last model's output made contiguous
+            # (softmax over the class axis is ~8x slower on channels_last strides)
         if logits.shape[0] != x.shape[0] or logits.shape[1] != num_classes or logits.shape[2:] != x.shape[2:]:
             raise ValueError(
                 f"model returned {tuple(logits.shape)} for input {tuple(x.shape)}; expected "
@@ -227,66 +215,14 @@ def _run_model(model, batch: torch.Tensor, num_classes: int, amp_dtype, tta: boo
     return torch.cat([probs, mi.unsqueeze(1)], 1) if flip_entropy else probs
 
 
-# ----------------------------------------------------------------------------------------- blending
-class _BlendBand:
-    """The (C, th, padded W) accumulator and (th, padded W) weight band: a ring buffer over image rows.
-
-    ``add`` puts one tile's weighted probabilities in; ``flush`` hands finished rows on and zeroes their band
-    rows for reuse (module docstring, 4.). ``h``/``w``: the original image size, to which flushed rows are cropped.
-    """
-
-    def __init__(self, plan: TilePlan, num_classes: int, accum_dtype: torch.dtype, device: torch.device):
-        (_, pw), (self.th, self.tw) = plan.padded, plan.tile
-        self.h, self.w = plan.size
-        self.accum_dtype = accum_dtype
-        self.window = gaussian_weights((self.th, self.tw)).to(device)  # (th, tw)
-        self.scale = _accumulator_scale(plan, accum_dtype)
-        self.acc = torch.zeros((num_classes, self.th, pw), dtype=accum_dtype, device=device)
-        self.wsum = torch.zeros((self.th, pw), dtype=torch.float32, device=device)
-
-    def ring(self, y0: int, y1: int) -> list[tuple[slice, int]]:
-        """Image rows [y0, y1) (at most th of them) -> [(band slice, offset into the rows)], <= 2 pieces."""
-        s, n = y0 % self.th, y1 - y0
-        first = min(n, self.th - s)
-        pieces = [(slice(s, s + first), 0)]
-        if n > first:
-            pieces.append((slice(0, n - first), first))
-        return pieces
-
-    def add(self, probs: torch.Tensor, y: int, x0: int) -> None:
-        """Add one tile's (C, th, tw) window-weighted probabilities, placed at (y, x0), and its window."""
-        for band, off in self.ring(y, y + self.th):
-            n = band.stop - band.start
-            piece = probs[:, off : off + n]  # (C, n, tw) weighted probabilities
-            if self.scale != 1:
-                piece = piece * self.scale
-            self.acc[:, band, x0 : x0 + self.tw] += piece.to(self.accum_dtype)
-            self.wsum[band, x0 : x0 + self.tw] += self.window[off : off + n]
-
-    def flush(self, y0: int, y1: int) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
-        """Normalise image rows [y0, y1) (cropped to the image), yield them, and zero their band rows."""
-        for band, off in self.ring(y0, y1):
-            r0 = y0 + off
-            keep = min(r0 + (band.stop - band.start), self.h) - r0  # rows below the image are padding: dropped
-            for x0 in range(0, self.w, FLUSH_COLUMNS) if keep > 0 else ():
-                x1 = min(x0 + FLUSH_COLUMNS, self.w)
-                yield r0, r0 + keep, x0, x1, self._normalised(slice(band.start, band.start + keep), x0, x1)
-            self.acc[:, band].zero_()
-            self.wsum[band].zero_()
-
-    def _normalised(self, rows: slice, x0: int, x1: int) -> torch.Tensor:
-        """(C, rows, x1 - x0) float32 probabilities = accumulated sum / accumulated weight."""
-        # computed here, not in flush: a generator must never yield inside inference_mode (it would leak)
-        with torch.inference_mode():
-            weight = self.wsum[rows, x0:x1] * self.scale if self.scale != 1 else self.wsum[rows, x0:x1]
-            return self.acc[:, rows, x0:x1].float() / weight
-
-
 @contextlib.contextmanager
 def _eval_mode(model: Callable) -> Iterator[None]:
-    """A torch module in eval mode for the block, back in training mode after it if it was (also on errors)."""
+    """A torch module in eval mode for the block, back in training mode after it if it was (also on errors).
+
+    A module already in eval mode is left alone: ``eval()`` walks every submodule (~2 ms per image for lite0).
+    """
     was_training = isinstance(model, torch.nn.Module) and model.training
-    if isinstance(model, torch.nn.Module):
+    if was_training:
         model.eval()
     try:
         yield
@@ -295,13 +231,16 @@ def _eval_mode(model: Callable) -> Iterator[None]:
             model.train()
 
 
-def _record_stats(plan: TilePlan, band: _BlendBand) -> None:
+def _record_stats(plan: TilePlan, band: BlendBand | None) -> None:
     """Fill STATS from the tensors really allocated (read by the memory test and the benchmark)."""
-    acc, wsum = band.acc, band.wsum
     STATS.clear()
+    STATS.update(padded_size=plan.padded, tile_size=plan.tile, n_tiles=len(plan.coords))
+    if band is None:  # one tile: no accumulators at all
+        STATS.update(accumulator_bytes=0, accumulator_shape=None, weight_bytes=0)
+        return
+    acc, wsum = band.acc, band.wsum
     STATS.update(accumulator_bytes=acc.numel() * acc.element_size() + wsum.numel() * wsum.element_size(),
-                 accumulator_shape=tuple(acc.shape), weight_bytes=wsum.numel() * wsum.element_size(),
-                 padded_size=plan.padded, tile_size=plan.tile, n_tiles=len(plan.coords))  # fmt: skip
+                 accumulator_shape=tuple(acc.shape), weight_bytes=wsum.numel() * wsum.element_size())  # fmt: skip
 
 
 def iter_blended_rows(
@@ -329,15 +268,20 @@ def iter_blended_rows(
     amp_dtype = as_amp_dtype(amp_dtype)
     img = as_chw_uint8(image)
     plan = plan_tiles(*img.shape[-2:], tile, overlap)
-    band = _BlendBand(plan, num_classes + flip_entropy, accum_dtype, device)
-    _record_stats(plan, band)
+    run = functools.partial(_run_model, model, num_classes=num_classes, amp_dtype=amp_dtype, tta=tta,
+                            flip_entropy=flip_entropy)  # fmt: skip
     with _eval_mode(model):
+        if len(plan.coords) == 1:  # one tile covers the image: its probabilities are final, nothing to blend
+            yield from _single_tile(run, img, plan, device, progress)
+            return
+        band = BlendBand(plan, num_classes + flip_entropy, accum_dtype, device)
+        _record_stats(plan, band)
         band_y = 0  # first image row not yet handed on; the band holds rows [band_y, band_y + th)
         done = 0
         for batch, coords in iter_tile_batches(img, plan, batch_size):
             with torch.inference_mode():
                 x = batch.to(device, non_blocking=True).float()  # (N, 3, th, tw) in 0..255
-                probs = _run_model(model, x, num_classes, amp_dtype, tta, flip_entropy).mul_(band.window)
+                probs = run(x).mul_(band.window)
             # accumulation runs outside inference_mode because flush() yields; acc needs no grad anyway
             for k, (y, x0) in enumerate(coords):
                 if y > band_y:  # a new tile row starts: every row above it is final
@@ -350,25 +294,22 @@ def iter_blended_rows(
         yield from band.flush(band_y, plan.padded[0])
 
 
-def _accumulator_scale(plan: TilePlan, accum_dtype: torch.dtype) -> float:
-    """A power of two that lifts low-precision accumulators out of float16's subnormal range.
+def _single_tile(run, img: torch.Tensor, plan: TilePlan, device: torch.device, progress):
+    """iter_blended_rows for a plan of one tile: its probabilities, cropped to the image, in column blocks.
 
-    Near the image rim a pixel's weight can be ~1e-6 (both axis profiles at their floor); float16 stores
-    that with a few bits only. Scaling by 2**k, as large as the most-covered pixel allows without passing
-    float16's maximum (65504), keeps every weight normal. float32 needs (and gets) no scaling: exact path.
+    The Gaussian window would cancel out (weighted sum / weight of one tile), so it is skipped, and with it
+    the accumulator band: what a batch of small images (the usual predict and validation input) pays per image.
     """
-    if accum_dtype in (torch.float32, torch.float64):
-        return 1.0
-    if accum_dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"accumulator dtype must be float32, float16 or bfloat16, not {accum_dtype}")
-    (ph, pw), (th, tw) = plan.padded, plan.tile
-    cover_y, cover_x = np.zeros(ph, np.int64), np.zeros(pw, np.int64)
-    for y in {y for y, _ in plan.coords}:
-        cover_y[y : y + th] += 1
-    for x in {x for _, x in plan.coords}:
-        cover_x[x : x + tw] += 1
-    cover = int(cover_y.max() * cover_x.max())  # most tiles over one pixel: bounds every accumulated sum
-    return float(2 ** math.floor(math.log2(32768 / cover)))
+    _record_stats(plan, None)
+    batch, _ = next(iter_tile_batches(img, plan, 1))
+    with torch.inference_mode():
+        probs = run(batch.to(device, non_blocking=True).float())[0]  # (C, th, tw)
+    if progress is not None:
+        progress(1, 1)
+    h, w = plan.size
+    for x0 in range(0, w, FLUSH_COLUMNS):
+        x1 = min(x0 + FLUSH_COLUMNS, w)
+        yield 0, h, x0, x1, probs[:, :h, x0:x1]
 
 
 def predict_probs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -298,6 +299,19 @@ def test_predict_image_of_one_tile_is_the_models_own_argmax(run_dir):
         direct = bundle.model(x)[0].argmax(0).to(torch.uint8).numpy()
     assert pred.shape == (96, 128) and pred.dtype == np.uint8
     assert np.array_equal(pred, direct)
+
+
+def test_bundle_runs_in_the_memory_format_it_trained_in(run_dir):
+    """load_bundle puts a channels_last run's model in channels_last (faster CPU convolutions); the masks are
+    those of the same weights in the default format (float rounding aside)."""
+    bundle = load_bundle(run_dir, "best", "cpu")
+    assert bundle.cfg.channels_last
+    conv = next(m for m in bundle.model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    plain = replace(bundle, model=copy.deepcopy(bundle.model).to(memory_format=torch.contiguous_format))
+    image, _ = make_pair(np.random.default_rng(8), size=(160, 224))
+    fast, ref = predict_image(bundle, image, tile=128, overlap=0.5), predict_image(plain, image, tile=128, overlap=0.5)
+    assert (fast == ref).mean() >= 0.999
 
 
 def test_tiled_prediction_equals_whole_image_prediction_within_blending_tolerance(run_dir):

@@ -171,6 +171,28 @@ def test_strip_blending_equals_a_naive_whole_image_blend():
     np.testing.assert_array_equal(idx, probs.argmax(0).numpy())  # same code path: exact
 
 
+@pytest.mark.parametrize("h, w", [(64, 64), (40, 57)])  # exactly one tile, and one padded up to it
+def test_one_tile_images_skip_blending_and_match_the_naive_blend(h, w):
+    """An image one tile covers: the tile's softmax as it is (no window, no accumulators), which is what the
+    naive weighted blend gives too; blocks come out of inference mode and in eval mode, as for many tiles."""
+    model, image = SmallConv(4).train(), textured(h, w)
+    probs = predict_probs(model, image, 4, tile=64, overlap=0.5)
+    assert tiling.STATS["n_tiles"] == 1 and tiling.STATS["accumulator_bytes"] == 0
+    torch.testing.assert_close(probs, naive_blend(model, image, 4, 64, 0.5), atol=1e-6, rtol=1e-5)
+    padded = tiling.pad_to(torch.from_numpy(image).permute(2, 0, 1), 64, 64).float()[None]
+    with torch.no_grad():
+        exact = torch.softmax(model.eval()(padded), 1)[0, :, :h, :w]
+    assert torch.equal(probs, exact)
+    model.train()
+    calls = []
+    idx = predict_index(model, image, 4, tile=64, progress=lambda *a: calls.append(a))
+    np.testing.assert_array_equal(idx, exact.argmax(0).numpy())
+    assert calls == [(1, 1)] and model.training
+    for *_, block in iter_blended_rows(model, image, 4, tile=64):
+        assert not torch.is_inference_mode_enabled() and not model.training and block.shape == (4, h, w)
+    assert model.training
+
+
 def test_blended_blocks_cover_the_image_once_outside_inference_mode():
     """iter_blended_rows hands every pixel on exactly once, top to bottom, and never leaves the caller in
     inference mode between blocks (the caller may be a training loop)."""

@@ -18,7 +18,7 @@ from rich.console import Console
 from ..console import escape
 from ..images import atomic_write_bytes, dpi_text, encode_image, image_dpi, mm2_per_pixel
 from ..labels import LabelScheme
-from ..plots import legend_image, tint_in_place
+from ..plots import legend_image, lookup_colours, tint_in_place
 from ..runs import write_csv, write_json
 from .confidence import CONFIDENCE_KINDS, mean_level, write_confidence
 from .inputs import ALL_KINDS, SAVE_KINDS, Job
@@ -72,7 +72,7 @@ def write_outputs(
     if "index" in want:
         _write_marked(job.output("index"), encode_image(scheme.to_values(index), ".png"))  # uint8, or uint16
     if "colour" in want:
-        _write_bgr(job.output("colour"), colour_table_bgr(scheme)[index])  # (H, W, 3) by lookup, no floats
+        _write_bgr(job.output("colour"), lookup_colours(index, colour_table_bgr(scheme)))  # (H, W, 3) by LUT
     for kind in (k for k in CONFIDENCE_KINDS if k in want):
         written[kind] = write_confidence(job, kind, maps[kind], old)  # 8-bit PNG, or 16-bit TIFF when large
     counts = count_classes(index, scheme.num_classes)
