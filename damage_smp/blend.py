@@ -49,13 +49,22 @@ class BlendBand:
     rows for reuse (module docstring, 4.). ``h``/``w``: the original image size, to which flushed rows are cropped.
     """
 
-    def __init__(self, plan: TilePlan, num_classes: int, accum_dtype: torch.dtype, device: torch.device):
+    def __init__(self, plan: TilePlan, num_classes: int, accum_dtype: torch.dtype, device: torch.device,
+                 like: torch.Tensor | None = None):  # fmt: skip
         (_, pw), (self.th, self.tw) = plan.padded, plan.tile
         self.h, self.w = plan.size
         self.accum_dtype = accum_dtype
         self.window = gaussian_weights((self.th, self.tw)).to(device)  # (th, tw)
         self.scale = accumulator_scale(plan, accum_dtype)
-        self.acc = torch.zeros((num_classes, self.th, pw), dtype=accum_dtype, device=device)
+        # the accumulator in the memory format of the tiles' probabilities (``like``): a channels_last batch
+        # adds into a (th, pw, C) buffer, seen as (C, th, pw), without a transposing copy
+        hwc = like is not None and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
+        shape = (self.th, pw, num_classes) if hwc else (num_classes, self.th, pw)
+        self.acc = torch.zeros(shape, dtype=accum_dtype, device=device)
+        self.acc = self.acc.permute(2, 0, 1) if hwc else self.acc  # (C, th, pw) either way
+        cols = min(FLUSH_COLUMNS, self.w)  # flushed blocks are normalised into this, in the same layout
+        self.out = torch.empty((self.th, cols, num_classes) if hwc else (num_classes, self.th, cols), device=device)
+        self.out = self.out.permute(2, 0, 1) if hwc else self.out
         self.wsum = torch.zeros((self.th, pw), dtype=torch.float32, device=device)
 
     def ring(self, y0: int, y1: int) -> list[tuple[slice, int]]:
@@ -68,17 +77,20 @@ class BlendBand:
         return pieces
 
     def add(self, probs: torch.Tensor, y: int, x0: int) -> None:
-        """Add one tile's (C, th, tw) window-weighted probabilities, placed at (y, x0), and its window."""
+        """Add one tile's (C, th, tw) probabilities, weighted by the window, placed at (y, x0), and its window."""
         for band, off in self.ring(y, y + self.th):
             n = band.stop - band.start
-            piece = probs[:, off : off + n]  # (C, n, tw) weighted probabilities
-            if self.scale != 1:
-                piece = piece * self.scale
-            self.acc[:, band, x0 : x0 + self.tw] += piece.to(self.accum_dtype)
-            self.wsum[band, x0 : x0 + self.tw] += self.window[off : off + n]
+            window = self.window[off : off + n]  # (n, tw)
+            # acc += probs * window * scale in one pass (float16 accumulators round the product once)
+            self.acc[:, band, x0 : x0 + self.tw].addcmul_(probs[:, off : off + n], window, value=self.scale)
+            self.wsum[band, x0 : x0 + self.tw] += window
 
     def flush(self, y0: int, y1: int) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
-        """Normalise image rows [y0, y1) (cropped to the image), yield them, and zero their band rows."""
+        """Normalise image rows [y0, y1) (cropped to the image), yield them, and zero their band rows.
+
+        Each yielded block is a view of one reused buffer: it is valid until the generator resumes (copy it
+        to keep it).
+        """
         for band, off in self.ring(y0, y1):
             r0 = y0 + off
             keep = min(r0 + (band.stop - band.start), self.h) - r0  # rows below the image are padding: dropped
@@ -93,7 +105,8 @@ class BlendBand:
         # computed here, not in flush: a generator must never yield inside inference_mode (it would leak)
         with torch.inference_mode():
             weight = self.wsum[rows, x0:x1] * self.scale if self.scale != 1 else self.wsum[rows, x0:x1]
-            return self.acc[:, rows, x0:x1].float() / weight
+            out = self.out[:, : rows.stop - rows.start, : x1 - x0]
+            return torch.div(self.acc[:, rows, x0:x1], weight, out=out)  # float32 whatever the accumulator
 
 
 def accumulator_scale(plan: TilePlan, accum_dtype: torch.dtype) -> float:

@@ -45,6 +45,8 @@ def damage_probability(probs: torch.Tensor, damage: list[int]) -> torch.Tensor:
     other = [i for i in range(probs.shape[0]) if i not in damage]
     if len(damage) == 1:
         return probs[damage[0]]
+    if len(other) == 2:  # = 1 - sum of the two, bit for bit, without a gathered copy of both bands
+        return 1 - (probs[other[0]] + probs[other[1]])
     if len(other) < len(damage):
         return 1 - _classes(probs, other).sum(0) if len(other) > 1 else 1 - probs[other[0]]
     return _classes(probs, damage).sum(0)
@@ -59,13 +61,19 @@ def _classes(probs: torch.Tensor, idx) -> torch.Tensor:
 
 
 def _best(probs: torch.Tensor, idx: tuple[int, ...]) -> torch.Tensor:
-    """(h, w) int64 class index of the most likely class among ``idx`` (the first on a tie)."""
+    """(h, w) uint8 class index of the most likely class among ``idx`` (the first on a tie).
+
+    Two classes (ARTeFACT's Clean and Background) are one comparison, never a gathered copy of both bands.
+    """
     if len(idx) == 1:
-        return torch.full(probs.shape[1:], idx[0], dtype=torch.int64, device=probs.device)
+        return torch.full(probs.shape[1:], idx[0], dtype=torch.uint8, device=probs.device)
+    if len(idx) == 2:
+        a, b = idx
+        return torch.where(probs[b] > probs[a], b, a).to(torch.uint8)
     pos = _classes(probs, idx).max(0).indices
-    return (
-        pos + idx[0] if list(idx) == list(range(idx[0], idx[-1] + 1)) else torch.tensor(idx, device=probs.device)[pos]
-    )
+    if list(idx) == list(range(idx[0], idx[-1] + 1)):
+        return pos.to(torch.uint8).add_(idx[0])
+    return torch.tensor(idx, dtype=torch.uint8, device=probs.device)[pos]
 
 
 @dataclass(frozen=True)
@@ -92,8 +100,18 @@ class Decision:
         """(C, h, w) float probabilities -> (h, w) uint8 class indices (on the probabilities' device)."""
         if self.kind == "argmax":
             return probs.max(0).indices.to(torch.uint8)  # = argmax(0), faster (tiling.class_argmax)
-        is_damage = quantise(damage_probability(probs, list(self.damage))) >= self.level
-        return torch.where(is_damage, _best(probs, self.damage), _best(probs, self.other)).to(torch.uint8)
+        return torch.where(self.is_damage(probs), _best(probs, self.damage), _best(probs, self.other))
+
+    def is_damage(self, probs: torch.Tensor) -> torch.Tensor:
+        """(C, h, w) -> (h, w) bool: ``quantise(damage probability) >= level``, computed without the levels.
+
+        For an integer level k in 1..BINS, floor(clamp(p * BINS, 0, BINS)) >= k exactly when p * BINS >= k (the
+        same float product), so the pixels are those the histogram counts at k; every pixel reaches level 0.
+        """
+        p = damage_probability(probs, list(self.damage))
+        if self.level <= 0:
+            return torch.ones(p.shape, dtype=torch.bool, device=p.device)
+        return p.float() * BINS >= self.level
 
 
 def check_tunable(scheme: LabelScheme) -> None:
