@@ -79,6 +79,27 @@ def test_the_rule_is_its_definition_and_argmax_is_torchs():
     assert torch.equal(rule, naive) and is_damage.any() and (~is_damage).any()
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_the_rule_moves_exactly_the_pixels_of_each_level(layout):
+    """At every level, ``is_damage`` (a float comparison) is the histogram's ``quantise(p) >= level``, and the
+    classes are the first most likely damage / other one, on exact ties too, in either memory layout."""
+    torch.manual_seed(3)
+    logits = torch.randn(SCHEME.num_classes, 24, 32) * 3
+    logits[:, :4] = logits[:, :4].round()  # many exact ties
+    logits[:, 5, :6] = 0.0  # every class equal
+    probs = torch.softmax(logits, 0)
+    if layout == "channels_last":  # (C, h, w) seen over (h, w, C) memory, as predict's blocks are
+        probs = probs.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    damage, other = SCHEME.damage_indices, [0, SCHEME.background_index]
+    levels = quantise(damage_probability(probs, damage))
+    best_damage = torch.tensor(damage)[probs[damage].argmax(0)]
+    best_other = torch.tensor(other)[probs[other].argmax(0)]
+    for level in [0, 1, *levels.unique().tolist(), BINS]:
+        rule = Decision.tuned(SCHEME, int(level))
+        assert torch.equal(rule.is_damage(probs), levels >= level)
+        assert torch.equal(rule(probs).long(), torch.where(levels >= level, best_damage, best_other))
+
+
 def test_binary_rule_at_half_is_the_argmax():
     scheme = load_scheme("binary")
     probs = torch.softmax(torch.randn(2, 16, 16), 0)

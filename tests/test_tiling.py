@@ -171,6 +171,29 @@ def test_strip_blending_equals_a_naive_whole_image_blend():
     np.testing.assert_array_equal(idx, probs.argmax(0).numpy())  # same code path: exact
 
 
+@pytest.mark.parametrize("accum", [torch.float32, torch.float16])
+def test_a_channels_last_model_blends_to_the_same_probabilities(accum):
+    """The default model runs in channels_last: its output is softmaxed and blended in that layout (a band
+    of (rows, W, C) memory, buffers reused between batches and blocks) and must give what the plain layout
+    gives: the naive blend's probabilities, and the same classes."""
+    model, image = SmallConv(5), textured(150, 210)
+    model_cl = SmallConv(5).to(memory_format=torch.channels_last)
+    plain = predict_probs(model, image, 5, tile=64, overlap=0.5, batch_size=3, accum_dtype=accum)
+    assert tiling.STATS["n_tiles"] > 3  # several batches: the reused softmax buffer is written again
+    cl = predict_probs(model_cl, image, 5, tile=64, overlap=0.5, batch_size=3, accum_dtype=accum)
+    tol = {"atol": 1e-5, "rtol": 1e-4} if accum == torch.float32 else {"atol": 2e-3, "rtol": 2e-3}
+    torch.testing.assert_close(cl, plain, **tol)
+    torch.testing.assert_close(cl, naive_blend(model, image, 5, 64, 0.5), **tol)
+    idx = predict_index(model_cl, image, 5, tile=64, overlap=0.5, batch_size=3, accum_dtype=accum)
+    np.testing.assert_array_equal(idx, cl.argmax(0).numpy())  # same code path: exact
+    with torch.no_grad():  # one tile: the softmax of the model's own channels_last output
+        x = tiling.pad_to(torch.from_numpy(image[:64, :64]).permute(2, 0, 1), 64, 64).float()[None]
+        logits = model_cl.eval()(x)
+    assert not logits.is_contiguous()  # the layout the fast path is for
+    one = predict_probs(model_cl, image[:64, :64], 5, tile=64)
+    torch.testing.assert_close(one, torch.softmax(logits.contiguous(), 1)[0], atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("h, w", [(64, 64), (40, 57)])  # exactly one tile, and one padded up to it
 def test_one_tile_images_skip_blending_and_match_the_naive_blend(h, w):
     """An image one tile covers: the tile's softmax as it is (no window, no accumulators), which is what the
