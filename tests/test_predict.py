@@ -346,3 +346,25 @@ def test_library_call_matches_the_cli_outputs(run_dir, tmp_path):
     rule = resolve_decision(run_dir, "auto", bundle.scheme, bundle.checkpoint_path)  # what predict chose
     pred = predict_image(bundle, read_image(path), tile=64, overlap=0.25, batch_size=8, decision=rule)
     assert np.array_equal(SCHEME.decode(read_mask(out / "lib_index.png")), pred)
+
+
+def test_a_big_scans_masks_encoded_beside_its_overlay_are_the_same_files(run_dir, tmp_path, monkeypatch):
+    """From SIDE_PIXELS on, the index and colour masks are encoded in a second thread while the overlay is
+    drawn: the files are byte for byte those of the one-thread path, and that thread's error is the image's."""
+    from damage_smp.predict import outputs
+
+    path = _image(tmp_path / "scan.png", 96, 128, seed=4)
+    files = {}
+    for side in (10**12, 0):  # never, always
+        monkeypatch.setattr(outputs, "SIDE_PIXELS", side)
+        out = tmp_path / f"side-{side}"
+        assert predict(run_dir, [path], out, **FAST).n_done == 1
+        files[side] = {p.name: p.read_bytes() for p in out.glob("scan_*") if not p.name.endswith(".json")}
+    assert sorted(files[0]) == sorted(files[10**12]) and len(files[0]) == 3 and files[0] == files[10**12]
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs, "encode_image", full_disk)  # the index mask, in the side thread
+    result = predict(run_dir, [path], tmp_path / "full", **FAST)
+    assert result.n_done == 0 and "No space left" in result.failures[0][1]
