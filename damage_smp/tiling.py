@@ -22,7 +22,8 @@ How it works:
    17 x 512 x 10000 x 4 B = 348 MB (half with ``accum_dtype=torch.float16``, scaled by a power of two to
    stay out of float16's subnormal range), never C x H x W (6.8 GB).
    ``predict_probs`` and ``predict_index`` share this code, so ``predict_index == argmax(predict_probs)``
-   exactly.
+   exactly. The band is laid out like the model's output: for a channels_last model (the default) the
+   softmax runs over the contiguous class axis and the band is (tile, W, C) memory, seen as (C, tile, W).
 
 Test-time augmentation (``tta=True``): the average of the softmax probabilities of 4 passes (identity,
 horizontal flip, vertical flip, both), each output flipped back before averaging; 4x the compute.
@@ -394,7 +395,8 @@ def predict_index(
     """(H, W) uint8 class indices = argmax of ``predict_probs``, in memory bounded by tile x width.
 
     Peak memory beyond the image and the (H, W) uint8 result: the (C, tile, W) accumulator band (float32,
-    or float16 with ``accum_dtype``), a (tile, W) float32 weight band and one batch of tile probabilities.
+    or float16 with ``accum_dtype``), a (tile, W) float32 weight band, one batch of tile probabilities (reused
+    from batch to batch) and one (C, tile, 2048) float32 block of normalised probabilities (reused too).
     ``progress(n_done_tiles, n_total)`` is called after each batch. ``decide``: (C, h, w) probabilities ->
     (h, w) uint8 indices instead of the argmax (e.g. ``thresholds.Decision``); ``on_block(y0, y1, x0, x1,
     probs)`` sees every block of final probabilities too (a threshold histogram, a probability map); with
