@@ -368,3 +368,29 @@ def test_a_big_scans_masks_encoded_beside_its_overlay_are_the_same_files(run_dir
     monkeypatch.setattr(outputs, "encode_image", full_disk)  # the index mask, in the side thread
     result = predict(run_dir, [path], tmp_path / "full", **FAST)
     assert result.n_done == 0 and "No space left" in result.failures[0][1]
+
+
+def test_the_first_scan_is_read_once_while_the_model_loads(run_dir, tmp_path, monkeypatch):
+    """predict starts decoding the first image before it builds the model, and the pipeline uses that read:
+    the model load sees the first read already under way, and every image is decoded exactly once."""
+    import threading
+
+    from damage_smp.predict import pipeline
+
+    paths = [_image(tmp_path / f"in{i}.png", 64, 96, seed=i) for i in range(3)]
+    reads, first_started, seen_by_load = [], threading.Event(), []
+
+    def reading(path, *args):
+        reads.append(Path(path).name)
+        first_started.set()
+        return read_image(path, *args)
+
+    def loading(*args):
+        seen_by_load.append(first_started.wait(10))  # without the early read this waits in vain
+        return load_bundle(*args)
+
+    monkeypatch.setattr(pipeline, "read_image", reading)
+    monkeypatch.setattr(pipeline, "load_bundle", loading)
+    assert predict(run_dir, paths, tmp_path / "out", **FAST).n_done == 3
+    assert seen_by_load == [True] and reads[0] == "in0.png"
+    assert sorted(reads) == ["in0.png", "in1.png", "in2.png"]  # once each

@@ -116,8 +116,13 @@ def predict(
     out = Path(out)
     mine = plan_outputs(collect_inputs(inputs, exclude=out), out)[k - 1 :: n]
     records = _check_out(out, mine, kinds, k, n)  # before the model is even loaded
-
-    bundle, backend, dev = load_model(run_dir, checkpoint, backend, device)
+    todo = [j for j, r in zip(mine, records, strict=True) if overwrite or not is_finished(j, r, kinds)]
+    early = ThreadPoolExecutor(1, "damage-smp-first-read")  # the first scan decodes while the model loads
+    try:
+        first = early.submit(read_image, todo[0].source, max_pixels) if todo else None
+        bundle, backend, dev = load_model(run_dir, checkpoint, backend, device)
+    finally:
+        early.shutdown(wait=False)  # an error in loading is reported at once, not after a big scan's decode
     rule = resolve_decision(Path(run_dir), decision, bundle.scheme, bundle.checkpoint_path,
                             exported=bundle.sidecar if isinstance(bundle, ExportedModel) else None)  # fmt: skip
     sizes = parse_min_area(min_area, bundle.scheme)
@@ -125,13 +130,12 @@ def predict(
     _prepare_out(out, settings, bundle, overwrite, k, n)
     clean_stale_temps({out, *(j.base.parent for j in mine)})
 
-    todo = [j for j, r in zip(mine, records, strict=True) if overwrite or not is_finished(j, r, kinds)]
     n_skipped = len(mine) - len(todo)
     model_text = f"{escape(run_dir)} ({checkpoint}, epoch {bundle.epoch}) on {dev} ({backend}), {_rule_text(rule)}"
     _announce(console, len(todo), n_skipped, (k, n), model_text, overwrite)
     options = dict(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, model=tile_model(bundle, backend),
                    decision=rule)  # fmt: skip
-    pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options, sizes)
+    pipeline = Pipeline(bundle, kinds, overwrite, max_pixels, workers, options, sizes, first=first)
     n_done, failures = pipeline.run(todo, console, show_progress=int(os.environ.get("RANK", "0")) == 0)
     result = PredictResult(
         n_done, n_skipped, failures, out, write_tables(out, mine, failures, bundle.scheme, k, n, dpi)
@@ -252,10 +256,11 @@ class Pipeline:
     """Read ahead, predict, write behind; bounded queues on both sides (see the package docstring)."""
 
     def __init__(self, bundle: Loaded, kinds, overwrite: bool, max_pixels: int, workers: int, options,
-                 min_area: dict[int, int] | None = None):  # fmt: skip
+                 min_area: dict[int, int] | None = None, first: Future | None = None):  # fmt: skip
         self.bundle, self.kinds, self.overwrite = bundle, kinds, overwrite
         self.max_pixels, self.workers, self.options = max_pixels, workers, options
         self.min_area = min_area or {}
+        self.first = first  # the first job's image, already being read (``predict`` starts it before the model)
 
     def run(self, jobs: list[Job], console: Console, show_progress: bool = True):
         """-> (images written, [(path, error)]), in input order."""
@@ -325,7 +330,9 @@ class _Batch:
             if not _room(self.reads, pixels, p.workers):
                 return
             job = self.upcoming.pop()
-            self.reads.append((job, pixels, self.readers.submit(read_image, job.source, p.max_pixels)))
+            fut, p.first = p.first, None  # the first image's read, started before the model loaded
+            fut = fut or self.readers.submit(read_image, job.source, p.max_pixels)
+            self.reads.append((job, pixels, fut))
 
     def predict_next(self) -> None:
         """Predict the oldest read image and hand it to a writer (after waiting for room among the writes)."""
