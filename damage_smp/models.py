@@ -300,24 +300,41 @@ def load_bundle(run_dir: str | Path, checkpoint: str = "best", device: str | tor
         hint = f"use --checkpoint {'last' if 'last' in others else others[0]}" if others else "train the run first"
         raise CheckpointError(f"{path}: checkpoint not found; {hint} (available: {', '.join(others) or 'none'})")
     device = resolve_device(device)
-    with torch.device("meta"):  # no memory, no random init: every tensor comes from the checkpoint (-40 % time)
-        model, built_info = build_model(cfg, scheme.num_classes, load_weights=False)
     state = load_checkpoint(path, map_location="cpu")
     weights = {_strip_wrappers(k): v for k, v in state["model"].items()}
     try:
-        model.load_state_dict(weights, strict=True, assign=True)
+        model, built_info = model_with_weights(cfg, scheme.num_classes, weights)
     except RuntimeError as e:
         raise CheckpointError(
             f"{path}: does not fit the model in {paths.config} ({str(e).splitlines()[0][:160]}); the run "
             "directory was mixed up or edited — retrain, or use the damage-smp version that made it"
         ) from None
-    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a tensor no checkpoint holds
-        model, _ = build_model(cfg, scheme.num_classes, load_weights=False)
-        model.load_state_dict(weights, strict=True)
     if cfg.channels_last:  # the memory format it trained in: ~25 % faster convolutions on CPU (docs/performance.md)
         model.to(memory_format=torch.channels_last)
     model.to(device).eval()
     return ModelBundle(model, cfg, scheme, saved_info or built_info, path, state.get("epoch"))
+
+
+def model_with_weights(cfg: TrainConfig, num_classes: int, weights: dict) -> tuple[DamageModel, dict]:
+    """The run's model holding a saved state dict (strict) -> (model, model info); RuntimeError if it does not fit.
+
+    Built on the meta device where the encoder allows it: no memory and no random initialisation (timm
+    initialises the encoder twice inside smp), so the build takes ~60 % of the time and every tensor then is
+    the checkpoint's own. An encoder that reads a tensor's value while it is built (smp's ``mit_b*``), or one
+    with a tensor no state dict holds (a non-persistent buffer), is built and filled the ordinary way.
+    """
+    try:
+        with torch.device("meta"):
+            model, info = build_model(cfg, num_classes, load_weights=False)
+    except Exception:  # noqa: BLE001 - any failure on meta is retried the ordinary way, which raises its own errors
+        model = None
+    if model is not None:
+        model.load_state_dict(weights, strict=True, assign=True)
+        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            return model, info
+    model, info = build_model(cfg, num_classes, load_weights=False)
+    model.load_state_dict(weights, strict=True)
+    return model, info
 
 
 def _strip_wrappers(key: str) -> str:

@@ -331,3 +331,26 @@ def test_resolve_device():
     else:
         with pytest.raises(ValueError, match="GPU"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize(
+    "arch, encoder",
+    [("unet", "tu-efficientnet_lite0"), ("segformer", "mit_b0"), ("unet", "tu-swin_tiny_patch4_window7_224")],
+)  # built on the meta device; one that cannot be (mit reads a tensor while built); one with non-persistent buffers
+def test_a_saved_state_fills_the_model_exactly_however_it_is_built(arch, encoder):
+    """model_with_weights (what load_bundle uses): every tensor is the saved one, nothing is left on the meta
+    device, and the model computes what the saved one computes."""
+    cfg = TrainConfig(arch=arch, encoder=encoder, encoder_weights="none")
+    torch.manual_seed(0)
+    saved, _ = build_model(cfg, 3, load_weights=False)
+    state = saved.state_dict()
+    model, info = models.model_with_weights(cfg, 3, state)
+    assert info["encoder"] == encoder and info["num_classes"] == 3
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert not any(t.is_meta for t in tensors.values())
+    assert all(torch.equal(tensors[k], v) for k, v in state.items())
+    x = torch.rand(1, 3, 224, 224) * 255
+    with torch.inference_mode():
+        assert torch.equal(model.eval()(x), saved.eval()(x))
+    with pytest.raises(RuntimeError):  # a state dict of another model does not fit, on either path
+        models.model_with_weights(cfg, 4, state)
