@@ -63,7 +63,8 @@ class BlendBand:
         self.acc = torch.zeros(shape, dtype=accum_dtype, device=device)
         self.acc = self.acc.permute(2, 0, 1) if hwc else self.acc  # (C, th, pw) either way
         cols = min(FLUSH_COLUMNS, self.w)  # flushed blocks are normalised into this, in the same layout
-        self.out = torch.empty((self.th, cols, num_classes) if hwc else (num_classes, self.th, cols), device=device)
+        shape = (self.th, cols, num_classes) if hwc else (num_classes, self.th, cols)
+        self.out = torch.empty(shape, dtype=torch.float32, device=device)
         self.out = self.out.permute(2, 0, 1) if hwc else self.out
         self.wsum = torch.zeros((self.th, pw), dtype=torch.float32, device=device)
 

@@ -222,8 +222,8 @@ def class_softmax(logits: torch.Tensor, out: torch.Tensor | None = None) -> torc
     """(N, C, h, w) logits -> float32 softmax over C, in the logits' memory format.
 
     A channels_last model's output (the default, ``models``) is softmaxed over its contiguous last axis as an
-    (N, h, w, C) view: no NCHW copy, and 2x faster than copy + softmax (softmax over C on channels_last strides
-    is 2x slower still). The result keeps channels_last strides; ``BlendBand`` accumulates in that layout.
+    (N, h, w, C) view: no NCHW copy, and 2x faster than copy + softmax (a softmax over C on channels_last
+    strides costs as much as both). The result keeps channels_last strides; ``BlendBand`` accumulates in it.
     ``out``: a tensor of that shape and layout to write into (an earlier batch's result): a fresh 70 MB
     result costs as much in page faults as the softmax itself (4 tiles of 512 x 512 x 17 classes).
     """

@@ -117,12 +117,7 @@ def predict(
     mine = plan_outputs(collect_inputs(inputs, exclude=out), out)[k - 1 :: n]
     records = _check_out(out, mine, kinds, k, n)  # before the model is even loaded
     todo = [j for j, r in zip(mine, records, strict=True) if overwrite or not is_finished(j, r, kinds)]
-    early = ThreadPoolExecutor(1, "damage-smp-first-read")  # the first scan decodes while the model loads
-    try:
-        first = early.submit(read_image, todo[0].source, max_pixels) if todo else None
-        bundle, backend, dev = load_model(run_dir, checkpoint, backend, device)
-    finally:
-        early.shutdown(wait=False)  # an error in loading is reported at once, not after a big scan's decode
+    first, (bundle, backend, dev) = _load_while_reading(todo, max_pixels, run_dir, checkpoint, backend, device)
     rule = resolve_decision(Path(run_dir), decision, bundle.scheme, bundle.checkpoint_path,
                             exported=bundle.sidecar if isinstance(bundle, ExportedModel) else None)  # fmt: skip
     sizes = parse_min_area(min_area, bundle.scheme)
@@ -149,6 +144,17 @@ def _merged_if_last(result: PredictResult, k: int, n: int, console: Console, sta
     result.merged = every_shard and _merge(result.out, console)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _load_while_reading(todo: list[Job], max_pixels: int, *model_args) -> tuple[Future | None, tuple]:
+    """-> (the first job's image being read, ``load_model(*model_args)``): the first scan decodes while the model
+    is built and loaded; an error in loading is reported at once, not after a big scan's decode."""
+    early = ThreadPoolExecutor(1, "damage-smp-first-read")
+    try:
+        first = early.submit(read_image, todo[0].source, max_pixels) if todo else None
+        return first, load_model(*model_args)
+    finally:
+        early.shutdown(wait=False)
 
 
 def load_model(run_dir: str | Path, checkpoint: str, backend: str | None, device: str):
