@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_pair
+from PIL import Image
 from typer.testing import CliRunner
 
 from damage_smp.cli import app
@@ -82,6 +83,8 @@ def test_cli_writes_masks_of_the_input_size_in_scheme_colours_and_values(run_dir
         assert raw.ndim == 2 and raw.dtype == np.uint8 and set(np.unique(raw).tolist()) <= values
         classes = SCHEME.decode(raw)
         assert np.array_equal(SCHEME.decode(rgb), classes)  # colour and index masks say the same
+        with Image.open(mask) as palette:  # a palette PNG whose pixels are the index mask's values
+            assert palette.mode == "P" and np.array_equal(np.asarray(palette), raw)
         assert (out / f"{rel}_areas.json").is_file()
     assert (out / "legend.png").is_file() and (out / "predict.json").is_file()
     assert pd.read_csv(out / "failures.csv").empty
@@ -125,6 +128,8 @@ def test_index_png_is_16_bit_when_a_scheme_value_is_above_255(tmp_path):
     assert raw.dtype == np.uint16 and set(np.unique(raw).tolist()) == {0, 1000}
     assert np.array_equal(scheme.decode(raw), index)
     assert np.array_equal(scheme.decode(read_mask(job.output("colour"))), index)
+    with Image.open(job.output("colour")) as colour:  # 16-bit values fit no palette: an RGB PNG
+        assert colour.mode == "RGB"
 
 
 def test_overlay_legend_lists_the_damage_present_and_is_left_out_of_tiny_scans(tmp_path):

