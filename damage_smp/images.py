@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import struct
 import tempfile
 import zlib
@@ -198,11 +199,15 @@ def to_uint8(arr: np.ndarray, path: Path | str = "image") -> np.ndarray:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise ImageReadError(f"{path}: file not found; check the path")
-    if path.is_dir():
+    try:
+        info = path.stat()  # one system call for the three checks (a batch makes two per image)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF):  # what Path.exists() calls missing
+            raise
+        raise ImageReadError(f"{path}: file not found; check the path") from None
+    if stat.S_ISDIR(info.st_mode):
         raise ImageReadError(f"{path}: is a folder, not an image file")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes); re-export or remove it")
 
 

@@ -316,7 +316,7 @@ class _Batch:
     def __init__(self, pipeline: Pipeline, jobs: list[Job], readers, writers, progress: Progress):
         self.pipeline, self.readers, self.writers, self.progress = pipeline, readers, writers, progress
         self.pending = iter(jobs)
-        self.upcoming: list[Job] = []  # the next job, its size known, waiting for room among the reads
+        self.upcoming: list[tuple[Job, int]] = []  # the next job and its pixels (from its header), waiting for room
         self.reads: deque[tuple[Job, int, Future]] = deque()
         self.writes: deque[tuple[Job, int, Future]] = deque()
         self.done = 0
@@ -331,11 +331,11 @@ class _Batch:
                 nxt = next(self.pending, None)
                 if nxt is None:
                     return
-                self.upcoming.append(nxt)
-            pixels = _header_pixels(self.upcoming[0].source)
+                self.upcoming.append((nxt, _header_pixels(nxt.source)))  # read once, however long it waits
+            pixels = self.upcoming[0][1]
             if not _room(self.reads, pixels, p.workers):
                 return
-            job = self.upcoming.pop()
+            job, _ = self.upcoming.pop()
             fut, p.first = p.first, None  # the first image's read, started before the model loaded
             fut = fut or self.readers.submit(read_image, job.source, p.max_pixels)
             self.reads.append((job, pixels, fut))
