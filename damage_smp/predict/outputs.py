@@ -111,7 +111,7 @@ def write_masks(job: Job, index: np.ndarray, scheme: LabelScheme, want: Sequence
 
     The colour mask is a palette PNG when the values fit in 8 bits: its pixels are the index mask's values and
     its palette gives each value its class colour, so viewers and ``cv2.imread`` show the colours, and PIL's
-    mode-P array is the index mask. One channel encodes 2-3x faster than RGB and is 5-12x smaller.
+    mode-P array is the index mask. One channel encodes 2-6x faster than RGB and is 3-12x smaller (docs/prediction.md).
     """
     values = scheme.to_values(index) if "index" in want or "colour" in want else None
     if "index" in want:
