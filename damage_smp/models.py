@@ -294,12 +294,7 @@ def load_bundle(run_dir: str | Path, checkpoint: str = "best", device: str | tor
     run_dir = Path(run_dir)
     cfg, scheme, saved_info = read_run_config(run_dir)
     paths = RunPaths(run_dir)
-    checkpoint = str(checkpoint)
-    path = Path(checkpoint) if checkpoint.endswith(".pt") else paths.checkpoint(checkpoint)
-    if not path.is_file():
-        others = sorted(p.stem for p in paths.checkpoints.glob("*.pt")) if paths.checkpoints.is_dir() else []
-        hint = f"use --checkpoint {'last' if 'last' in others else others[0]}" if others else "train the run first"
-        raise CheckpointError(f"{path}: checkpoint not found; {hint} (available: {', '.join(others) or 'none'})")
+    path = checkpoint_file(run_dir, checkpoint)
     device = resolve_device(device)
     state = load_checkpoint(path, map_location="cpu")
     weights = {_strip_wrappers(k): v for k, v in state["model"].items()}
@@ -314,6 +309,18 @@ def load_bundle(run_dir: str | Path, checkpoint: str = "best", device: str | tor
         model.to(memory_format=torch.channels_last)
     model.to(device).eval()
     return ModelBundle(model, cfg, scheme, saved_info or built_info, path, state.get("epoch"))
+
+
+def checkpoint_file(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """The file ``load_bundle(run_dir, checkpoint)`` loads; CheckpointError naming the ones there are if missing."""
+    paths = RunPaths(Path(run_dir))
+    checkpoint = str(checkpoint)
+    path = Path(checkpoint) if checkpoint.endswith(".pt") else paths.checkpoint(checkpoint)
+    if not path.is_file():
+        others = sorted(p.stem for p in paths.checkpoints.glob("*.pt")) if paths.checkpoints.is_dir() else []
+        hint = f"use --checkpoint {'last' if 'last' in others else others[0]}" if others else "train the run first"
+        raise CheckpointError(f"{path}: checkpoint not found; {hint} (available: {', '.join(others) or 'none'})")
+    return path
 
 
 def model_with_weights(cfg: TrainConfig, num_classes: int, weights: dict) -> tuple[DamageModel, dict]:

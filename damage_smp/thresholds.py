@@ -193,12 +193,18 @@ def read_thresholds(run_dir: Path) -> dict | None:
 
 
 def resolve_decision(
-    run_dir: Path, decision: str, scheme: LabelScheme, checkpoint_path: Path, exported: dict | None = None
+    run_dir: Path,
+    decision: str,
+    scheme: LabelScheme,
+    checkpoint_path: Path,
+    exported: dict | None = None,
+    digest: str | None = None,
 ) -> Decision:
     """--decision argmax|tuned|auto -> the rule; auto is tuned when the run has thresholds.json for this
     checkpoint, else argmax. tuned without a usable thresholds.json: one line saying how to make it.
     An exported MODEL.onnx has no run dir: ``exported`` is its sidecar, which carries the thresholds its run
-    had for the exported checkpoint (or none)."""
+    had for the exported checkpoint (or none). ``digest``: the checkpoint's sha256 where the caller has it
+    already (predict hashes it while the model loads); else it is computed here."""
     if decision not in (*DECISIONS, "auto"):
         raise ValueError(f"--decision {decision!r}: unknown; use argmax or tuned")
     if decision == "argmax":
@@ -211,7 +217,7 @@ def resolve_decision(
         if decision == "auto":
             return Decision()
         raise ValueError(f"--decision tuned: {Path(run_dir) / FILE} not found; make it with `{how}`")
-    if data.get("checkpoint_sha256") != sha256_file(checkpoint_path):
+    if data.get("checkpoint_sha256") != (digest or sha256_file(checkpoint_path)):
         if decision == "auto":
             return Decision()
         raise ValueError(

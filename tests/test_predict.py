@@ -380,7 +380,7 @@ def test_the_first_scan_is_read_once_while_the_model_loads(run_dir, tmp_path, mo
     the model load sees the first read already under way, and every image is decoded exactly once."""
     import threading
 
-    from damage_smp.predict import pipeline
+    from damage_smp.predict import pipeline, stages
 
     paths = [_image(tmp_path / f"in{i}.png", 64, 96, seed=i) for i in range(3)]
     reads, first_started, seen_by_load = [], threading.Event(), []
@@ -394,7 +394,8 @@ def test_the_first_scan_is_read_once_while_the_model_loads(run_dir, tmp_path, mo
         seen_by_load.append(first_started.wait(10))  # without the early read this waits in vain
         return load_bundle(*args)
 
-    monkeypatch.setattr(pipeline, "read_image", reading)
+    monkeypatch.setattr(pipeline, "read_image", reading)  # the first image's read
+    monkeypatch.setattr(stages, "read_image", reading)  # the others
     monkeypatch.setattr(pipeline, "load_bundle", loading)
     assert predict(run_dir, paths, tmp_path / "out", **FAST).n_done == 3
     assert seen_by_load == [True] and reads[0] == "in0.png"
