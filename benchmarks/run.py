@@ -409,10 +409,10 @@ def raw_forward(bundle, images: list[np.ndarray], s: Settings, overlap: float) -
 def raw_forward_in_lanes(bundle, images: list[np.ndarray], s: Settings, overlap: float) -> float | None:
     """Seconds the same forwards take scheduled as predict schedules them: one-tile images two at a time, each on
     half the threads (``predict.lanes``); None where predict would not use lanes (a GPU, one thread, big scans)."""
-    from damage_smp.predict.lanes import Lanes, lane_count
+    from damage_smp.predict.lanes import Lanes, fits_a_lane, lane_count
 
     n = lane_count(torch.device(s.device), "torch")
-    if n < 2 or any(len(plan_tiles(*im.shape[:2], s.tile, overlap).coords) > 1 for im in images):
+    if n < 2 or not all(fits_a_lane(*im.shape[:2], s.tile, overlap) for im in images):
         return None
 
     def forward(image: np.ndarray) -> None:

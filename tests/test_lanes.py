@@ -12,7 +12,7 @@ from conftest import make_pair
 
 from damage_smp.images import write_image
 from damage_smp.predict import predict, stages
-from damage_smp.predict.lanes import LANES, Lanes, lane_count
+from damage_smp.predict.lanes import LANE_MAX_PIXELS, LANES, Lanes, fits_a_lane, lane_count
 
 FAST = dict(tile=64, overlap=0.25, batch_size=8, device="cpu", workers=2)
 
@@ -109,6 +109,13 @@ def test_lane_count_only_for_the_torch_backend_on_a_cpu_with_threads_to_share():
     assert lane_count(cpu, "torch", threads=1) == 1  # nothing to share
     assert lane_count(cuda, "torch", threads=16) == 1  # the GPU queues its kernels anyway
     assert lane_count(cpu, "onnxruntime", threads=16) == 1  # ONNX Runtime runs its own thread pool
+
+
+def test_only_small_one_tile_images_fit_a_lane():
+    assert fits_a_lane(384, 512, 512, 0.5) and fits_a_lane(64, 64, 64, 0.25)
+    assert not fits_a_lane(96, 128, 64, 0.25)  # 6 tiles: blended, on all the threads
+    assert LANE_MAX_PIXELS == 1024 * 1024 and fits_a_lane(1024, 1024, 1024, 0.5)
+    assert not fits_a_lane(1024, 1056, 2048, 0.5)  # one tile, but two such forwards at once would double the memory
 
 
 def test_lanes_split_the_threads_and_restore_them_on_error(two_threads):

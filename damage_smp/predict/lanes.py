@@ -12,8 +12,8 @@ is per thread too), so each lane sets its own in its thread and the caller's sta
 default that threads started later begin with, which ``Lanes`` restores when it closes. With any other
 parallel backend (TBB, PyTorch's native pool) the count is global, and ``lane_count`` answers one lane.
 
-Big images (more than one tile) are not for lanes: the caller runs them itself, on all the threads, once the
-lanes are idle, so memory stays that of one image's band.
+Big images (more than one tile, or above LANE_MAX_PIXELS) are not for lanes: the caller runs them itself, on
+all the threads, once the lanes are idle, so memory stays that of one image's band and one forward.
 """
 
 from __future__ import annotations
@@ -24,13 +24,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-LANES = 2  # more lanes than two gained nothing measurable on 2 cores, and hold more images at once
+from ..tiling import plan_tiles
+
+LANES = 2  # two images at once: what was measured (2 cores); each lane holds one forward's activations
+LANE_MAX_PIXELS = 1 << 20  # a bigger one-tile image (a --tile above 1024) keeps its threads busy on its own
 
 
 @functools.cache
 def _per_thread_counts() -> bool:
     """Does torch.set_num_threads act on the calling thread only? (PyTorch's OpenMP backend, the usual build.)"""
     return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def fits_a_lane(h: int, w: int, tile: int, overlap: float) -> bool:
+    """Is an h x w image one tile, and small enough to share the threads with another (LANE_MAX_PIXELS)?"""
+    return h * w <= LANE_MAX_PIXELS and len(plan_tiles(h, w, tile, overlap).coords) == 1
 
 
 def lane_count(device: torch.device, backend: str, threads: int | None = None) -> int:

@@ -23,11 +23,11 @@ from ..console import escape, progress_bar
 from ..images import image_size, read_image
 from ..models import ModelBundle
 from ..thresholds import Decision
-from ..tiling import plan_tiles, predict_index
+from ..tiling import predict_index
 from .backend import ExportedModel
 from .confidence import block_filler, confidence_maps
 from .inputs import Job
-from .lanes import Lanes, run_here
+from .lanes import Lanes, fits_a_lane, run_here
 from .outputs import write_outputs
 
 INFLIGHT_PIXELS = 50_000_000  # beyond the first image, each pipeline side holds at most this many pixels
@@ -95,9 +95,8 @@ class Pipeline:
         batch.failures.sort()
         return batch.done, batch.failures
 
-    def one_tile(self, image: np.ndarray) -> bool:
-        """Does one tile cover the image (so it may go to a lane)?"""
-        return len(plan_tiles(*image.shape[:2], self.options["tile"], self.options["overlap"]).coords) == 1
+    def fits_a_lane(self, image: np.ndarray) -> bool:
+        return fits_a_lane(*image.shape[:2], self.options["tile"], self.options["overlap"])
 
     def predict_one(self, image: np.ndarray, progress: Progress) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """-> (the (H, W) uint8 class map, cleaned up; the confidence maps --save asks for)."""
@@ -169,7 +168,7 @@ class _Batch:
         except Exception as e:  # unreadable, empty, not an image: report, go on
             self._fail(job, e)
             return
-        if self.lanes is not None and p.one_tile(image):
+        if self.lanes is not None and p.fits_a_lane(image):
             while len(self.predicting) >= self.lanes.n:
                 self.finish_predict()
             self.predicting.append((job, image, self.lanes.submit(p.predict_one, image, self.progress)))
