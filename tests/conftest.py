@@ -6,10 +6,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a weights download in tests
 # `make test` runs the tests in parallel (pytest-xdist, one worker per core): each worker then computes with its
-# share of the cores, so that workers do not fight over the same threads.
-os.environ.setdefault(
-    "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
-)
+# share of the cores, so that workers do not fight over the same threads. Only a worker knows the count: set in
+# the controlling process, the variable would be that process's (all the cores) and every worker would inherit it.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
 
 import shutil
 import tempfile

@@ -84,6 +84,7 @@ def test_lanes_predict_what_one_thread_predicts_at_once_and_give_the_threads_bac
 
 
 def test_an_error_in_a_lane_is_that_images_failure(shared_run, tmp_path, monkeypatch, two_threads):
+    """Also: with two threads on a CPU, predict uses the lanes by default (no ``lanes=`` given)."""
     paths = _inputs(tmp_path)[:3]
     real = stages.Pipeline.predict_one
     calls = []
@@ -95,7 +96,7 @@ def test_an_error_in_a_lane_is_that_images_failure(shared_run, tmp_path, monkeyp
         return real(self, image, progress)
 
     monkeypatch.setattr(stages.Pipeline, "predict_one", failing_second)
-    result = predict(shared_run, paths, tmp_path / "out", lanes=2, **FAST)
+    result = predict(shared_run, paths, tmp_path / "out", **FAST)
     assert result.n_done == 2 and len(result.failures) == 1
     assert "out of memory in a lane" in result.failures[0][1]
     assert all(name.startswith("damage-smp-lane") for name in calls)
