@@ -1,11 +1,10 @@
 """Small images two at a time on a CPU: two prediction lanes, each running its forwards on half the threads.
 
-A one-tile image (up to ``--tile`` on each side: the usual photograph, page or validation crop) is too small to
-keep two cores busy inside one forward: its layers synchronise their threads hundreds of times, and the
-softmax and the decision after it are mostly single-threaded. Two such images predicted at once, each on
-one intra-op thread, took 0.88–0.93× the time of the same forwards one after another on two threads
-(Unet-lite0, 512 × 384, 2 cores; docs/prediction.md), and the softmax, decision and clean-up of one image run
-while the other is in its forward.
+A one-tile image (up to ``--tile`` on each side and at most 1 MP: the usual photograph, page or validation
+image) is too small to keep two cores busy inside one forward: its many small layers each split the work and
+then wait for every thread. Two such images predicted at once, each on one intra-op thread, took 0.88–0.93×
+the time of the same forwards one after another on two threads (Unet-lite0, 512 × 384, 2 cores;
+docs/prediction.md), and the softmax, decision and clean-up of one image run while the other is in its forward.
 
 PyTorch's OpenMP thread count is per thread (``omp_set_num_threads`` sets the calling thread's count; MKL's
 is per thread too), so each lane sets its own in its thread and the caller's stays as it was. It also sets the
