@@ -27,14 +27,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .checkpoints import CheckpointError
 from .cleanup import fill_class, parse_min_area
 from .console import fmt, progress_bar
 from .images import read_image, read_mask
 from .labels import LabelScheme, UnknownMaskValues
 from .manifest import SPLITS, group_columns, load_manifest, split_rows
 from .metrics import ConfusionMatrix, image_detection
-from .models import load_bundle
+from .models import checkpoint_file, load_bundle
 from .plots import save_confusion_matrix, save_pr_curve
 from .runs import RunPaths, read_json, read_run_config, sha256_file, split_filename, write_csv, write_json
 from .scoring import TolerantCounts, image_maps, print_decisions, print_tolerant, tuned_decision, tuned_entry
@@ -193,19 +192,9 @@ def score_images(rows, groups: list[str], maps: Callable, scheme: LabelScheme, f
 
 
 def checkpoint_path(paths: RunPaths, checkpoint: str) -> Path:
-    """The checkpoint file to evaluate (best, last, epoch_005 or a .pt path); missing: an error with the fix.
-
-    Checked before the manifest and the model are loaded, so a wrong name fails in a second.
-    """
-    path = Path(checkpoint) if checkpoint.endswith(".pt") else paths.checkpoint(checkpoint)
-    if not path.is_file():
-        others = sorted(p.stem for p in paths.checkpoints.glob("*.pt")) if paths.checkpoints.is_dir() else []
-        if others:
-            hint = f"use --checkpoint {'last' if 'last' in others and checkpoint != 'last' else others[0]}"
-        else:
-            hint = "the run has no checkpoints; train it first (damage-smp train) or continue it with --resume"
-        raise CheckpointError(f"{path}: checkpoint not found; {hint} (available: {', '.join(others) or 'none'})")
-    return path
+    """The checkpoint file to evaluate, checked before the manifest and the model are loaded, so a wrong name
+    fails in a second (``models.checkpoint_file``)."""
+    return checkpoint_file(paths.root, checkpoint)
 
 
 def resolve_manifest(paths: RunPaths, trained_on: str, given: str | Path | None, console: Console):

@@ -312,13 +312,17 @@ def load_bundle(run_dir: str | Path, checkpoint: str = "best", device: str | tor
 
 
 def checkpoint_file(run_dir: str | Path, checkpoint: str = "best") -> Path:
-    """The file ``load_bundle(run_dir, checkpoint)`` loads; CheckpointError naming the ones there are if missing."""
+    """The file ``load_bundle(run_dir, checkpoint)`` loads (best, last, epoch_005 or a .pt path); missing: a
+    CheckpointError naming the ones there are and the fix."""
     paths = RunPaths(Path(run_dir))
     checkpoint = str(checkpoint)
     path = Path(checkpoint) if checkpoint.endswith(".pt") else paths.checkpoint(checkpoint)
     if not path.is_file():
         others = sorted(p.stem for p in paths.checkpoints.glob("*.pt")) if paths.checkpoints.is_dir() else []
-        hint = f"use --checkpoint {'last' if 'last' in others else others[0]}" if others else "train the run first"
+        if others:
+            hint = f"use --checkpoint {'last' if 'last' in others and checkpoint != 'last' else others[0]}"
+        else:
+            hint = "the run has no checkpoints; train it first (damage-smp train) or continue it with --resume"
         raise CheckpointError(f"{path}: checkpoint not found; {hint} (available: {', '.join(others) or 'none'})")
     return path
 
