@@ -437,7 +437,7 @@ def bench_predict(name: str, run: Path, paths: list[Path], s: Settings, overlap:
     bundle = load_bundle(run, "best", s.device)
     images = [read_image(p) for p in paths]
     raw_forward(bundle, images[:1], s, overlap)  # warm-up
-    walls, forwards, loads, laned, tiles = [], [], [], [], 0
+    walls, forwards, loads, laned, unlaned, tiles = [], [], [], [], [], 0
     out = SCRATCH / "predict" / name
     for _ in range(repeats):  # interleaved, so load changes hit both alike
         start = time.perf_counter()
@@ -453,6 +453,10 @@ def bench_predict(name: str, run: Path, paths: list[Path], s: Settings, overlap:
         forwards.append(seconds)
         if (seconds := raw_forward_in_lanes(bundle, images, s, overlap)) is not None:
             laned.append(seconds)
+            start = time.perf_counter()  # and predict with its lanes off: what they win, in the same repeat
+            predict(run, [str(p) for p in paths], out, tile=s.tile, overlap=overlap, device=s.device,
+                    overwrite=True, console=quiet(), lanes=1)  # fmt: skip
+            unlaned.append(time.perf_counter() - start)
     wall, forward, load = summary(walls), summary(forwards), summary(loads)
     res = {"images": len(paths), "size": [int(images[0].shape[1]), int(images[0].shape[0])], "tiles": tiles,
            "tile": s.tile, "overlap": overlap, "wall": wall, "forward": forward, "model_load": load}  # fmt: skip
@@ -461,7 +465,12 @@ def bench_predict(name: str, run: Path, paths: list[Path], s: Settings, overlap:
     if laned:  # predict's own cost, against the same forwards scheduled in its lanes (what is left to win)
         res["forward_in_lanes"] = summary(laned)
         res["ratio_to_lanes"] = ratios(wall, res["forward_in_lanes"])
-    say(f"predict: {name}: wall {walls} vs forward {forwards} -> {res['ratio']}; in lanes {laned}")
+        res["wall_lanes_off"] = summary(unlaned)
+        res["ratio_lanes_off"] = ratios(res["wall_lanes_off"], forward)
+    say(
+        f"predict: {name}: wall {walls} vs forward {forwards} -> {res['ratio']}; in lanes {laned}; "
+        f"predict with the lanes off {unlaned}"
+    )
     return res
 
 
@@ -559,6 +568,12 @@ def predict_targets(r: dict) -> list[dict]:
                     + (
                         f"; {p['ratio_to_lanes']['min']:.2f} against the same forwards two at a time, as predict "
                         "runs one-tile images"
+                        + (
+                            f"; {p['ratio_lanes_off']['min']:.2f} / {p['ratio_lanes_off']['median']:.2f} with the "
+                            "lanes off"
+                            if "ratio_lanes_off" in p
+                            else ""
+                        )
                         if "ratio_to_lanes" in p
                         else ""
                     ),
