@@ -73,7 +73,7 @@ def evaluate(
     """
     console, run_dir, paths = console or Console(), Path(run_dir), RunPaths(Path(run_dir))
     cfg, scheme = run_settings(run_dir, colour_tolerance)  # missing dir / not a run / other version: one line
-    ckpt_path = checkpoint_path(paths, checkpoint)
+    ckpt_path = checkpoint_file(run_dir, checkpoint)  # before the manifest and the model: a wrong name fails at once
     tile, overlap, batch_size, max_pixels = window_settings(cfg, tile, overlap, batch_size, max_pixels)
     manifest_path, foreign, rows, groups, split_key = load_split(paths, cfg.manifest, manifest, split, console)
     decision, note = tuned_decision(run_dir, split_key, scheme, ckpt_path, tune)
@@ -189,12 +189,6 @@ def score_images(rows, groups: list[str], maps: Callable, scheme: LabelScheme, f
     if not totals:
         totals["argmax"] = ConfusionMatrix(scheme.num_classes)
     return totals, tolerant, mats, per_image
-
-
-def checkpoint_path(paths: RunPaths, checkpoint: str) -> Path:
-    """The checkpoint file to evaluate, checked before the manifest and the model are loaded, so a wrong name
-    fails in a second (``models.checkpoint_file``)."""
-    return checkpoint_file(paths.root, checkpoint)
 
 
 def resolve_manifest(paths: RunPaths, trained_on: str, given: str | Path | None, console: Console):

@@ -56,8 +56,8 @@ class Lanes:
     count that threads started later begin with (the lanes' ``set_num_threads`` changed it).
     """
 
-    def __init__(self, n: int, threads: int | None = None):
-        self.threads = torch.get_num_threads() if threads is None else threads
+    def __init__(self, n: int):
+        self.threads = torch.get_num_threads()  # the caller's, shared out among the lanes
         self.n = n
         self.pool: ThreadPoolExecutor | None = None
 
